@@ -1,0 +1,39 @@
+// CPU kernels of the Philox test ops (ops.md §0.8 known answers, cross-backend streams).
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "common/philox.h"
+
+namespace msa_fast {
+namespace {
+
+at::Tensor philox_block_cpu(const at::Tensor& words) {
+  TORCH_CHECK_VALUE(words.dim() == 1 && words.numel() == 6 && words.scalar_type() == at::kLong,
+                    "msa_fast::philox_block: words must be int64 [6] = (c0, c1, c2, c3, k0, k1), got ",
+                    words.scalar_type(), " ", words.sizes());
+  auto w = words.contiguous();
+  const int64_t* p = w.data_ptr<int64_t>();
+  auto u32 = [](int64_t v) { return static_cast<uint32_t>(v); };
+  const Philox4x32 r = philox4x32_10(u32(p[0]), u32(p[1]), u32(p[2]), u32(p[3]), u32(p[4]), u32(p[5]));
+  return at::tensor({int64_t(r.c0), int64_t(r.c1), int64_t(r.c2), int64_t(r.c3)}, words.options());
+}
+
+at::Tensor philox_randint_cpu(const at::Tensor& seed, int64_t offset, int64_t count) {
+  TORCH_CHECK_VALUE(seed.numel() == 1 && seed.scalar_type() == at::kLong, "msa_fast::philox_randint: seed must be 0-dim int64");
+  TORCH_CHECK_VALUE(offset >= 0 && count >= 0 && offset + count <= (int64_t(1) << 32),
+                    "msa_fast::philox_randint: offsets must stay below 2^32, got offset ", offset, " count ", count);
+  const uint64_t s = static_cast<uint64_t>(seed.item<int64_t>());
+  auto out = at::empty({count}, seed.options().dtype(at::kLong));
+  int64_t* o = out.data_ptr<int64_t>();
+  for (int64_t i = 0; i < count; ++i) o[i] = philox_randint(s, static_cast<uint32_t>(offset + i));
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(msa_fast, CPU, m) {
+  m.impl("philox_block", &philox_block_cpu);
+  m.impl("philox_randint", &philox_randint_cpu);
+}
+
+}  // namespace msa_fast
