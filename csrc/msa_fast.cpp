@@ -49,9 +49,11 @@ TORCH_LIBRARY(msa_fast, m) {
       "-> Tensor");
 
   // Hard Concrete gates (ops.md §7). Returns (z, s_bar); s_bar is empty unless with_s_bar.
+  // `ste` ('clamp' or 'sbar') only shapes the gradient; the forward takes it so that the registered
+  // autograd sees it among the inputs.
   m.def(
       "hard_concrete(Tensor log_alpha, Tensor? u, Tensor? seed, float beta, float gamma, "
-      "float zeta, float? threshold, bool training, float eps, bool with_s_bar) -> (Tensor, Tensor)");
+      "float zeta, float? threshold, bool training, float eps, str ste, bool with_s_bar) -> (Tensor, Tensor)");
   m.def(
       "hard_concrete_backward(Tensor grad_z, Tensor? grad_s_bar, Tensor log_alpha, Tensor? u, "
       "Tensor? seed, float beta, float gamma, float zeta, float? threshold, bool training, "

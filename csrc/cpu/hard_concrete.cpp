@@ -17,8 +17,9 @@ constexpr int64_t kGrain = 4096;
 std::tuple<at::Tensor, at::Tensor> hard_concrete_cpu(const at::Tensor& log_alpha_in, const c10::optional<at::Tensor>& u_in,
                                                      const c10::optional<at::Tensor>& seed, double beta, double gamma,
                                                      double zeta, c10::optional<double> threshold, bool training,
-                                                     double eps, bool with_s_bar) {
+                                                     double eps, c10::string_view ste, bool with_s_bar) {
   check_log_alpha(log_alpha_in);
+  parse_ste(std::string(ste));
   const at::Tensor la = log_alpha_in.contiguous();
   const at::Tensor u = training ? noise_tensor(la, u_in) : at::Tensor();
   const uint64_t s = seed_value(seed, training && !u.defined());

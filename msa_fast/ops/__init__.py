@@ -1,0 +1,15 @@
+"""Fast fused ops of msa_fast (public names and semantics: ops.md).
+
+Every op has four backends behind one API, chosen with ``backend=`` (``'auto'``, ``'reference'``,
+``'cpp'``, ``'triton'``, ``'cuda'``) or ``MSA_FAST_BACKEND``; :func:`available_backends` lists what this
+install can run. The pure-PyTorch specifications are in :mod:`msa_fast.ops.reference`.
+
+Importing this module needs torch only.
+"""
+
+from msa_fast.ops._dispatch import available_backends
+from msa_fast.ops.cutoff import cutoff
+from msa_fast.ops.hard_concrete import hard_concrete, hard_concrete_l0
+from msa_fast.ops import reference
+
+__all__ = ["available_backends", "cutoff", "hard_concrete", "hard_concrete_l0", "reference"]
