@@ -1,0 +1,41 @@
+"""The ``msa-fast`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _info(args: argparse.Namespace) -> int:
+    from msa_fast.info import collect, format_info
+
+    print(format_info(collect()))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from msa_fast.bench import run
+
+    return run(args.op, args.bench_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="msa-fast", description="Fast fused ops and training for contrastive "
+                                     "multimodal sentiment analysis.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="versions, available backends, whether the C++/CUDA kernels were built")
+    info.set_defaults(func=_info)
+    bench = sub.add_parser("bench", help="benchmark an op against eager and compiled PyTorch (benchmarks/bench_OP.py)")
+    bench.add_argument("op", help="op family, e.g. cutoff, hard_concrete")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark script")
+    bench.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
