@@ -9,12 +9,16 @@ scikit-learn:
   ``np.round`` = round half to even, ``>= 0`` / ``> 0``, exact-zero test, SIMS bin edges) are made on
   the float32 values, with the SIMS bin edges themselves taken as float32 (MMSA compares float32
   arrays with Python floats, which NumPy does in float32);
-* MAE and Corr are then computed in float64 on those float32 values (MMSA takes the MAE mean in
-  float32; the two agree to ~1e-7, far below the 4-decimal rounding);
+* MAE is MMSA's own float32 computation, ``np.mean(np.abs(pred - truth))`` on the float32 arrays,
+  then widened to float64 (a float64 mean differs by ~1e-7, which is enough to flip the 4th decimal
+  on grid-valued inputs such as SIMS labels); Corr is ``np.corrcoef``, which works in float64;
 * weighted F1 follows ``sklearn.metrics.f1_score(y_true=truth, y_pred=pred, average='weighted')``:
-  classes are the union of both arrays, each class is weighted by its *true* support and a class
-  with no true and no predicted sample (impossible in the union) or 0/0 scores 0;
-* every value is rounded as MMSA does, ``round(np.float64(v), 4)`` (NumPy's rounding);
+  classes are the union of both arrays and each class is weighted by its *true* support, so a class
+  that appears only in the predictions has weight 0 (its F1 is 0, sklearn's zero-division result);
+* every value is rounded as MMSA does, ``round(np.float64(v), 4)``: NumPy's rounding (scale by 1e4,
+  round half to even), because with MMSA's pinned numpy 1.17 / scikit-learn 0.21 every metric is a
+  ``np.float64``. (scikit-learn >= 1.6 returns Python floats, whose ``round`` is correctly rounded;
+  the two differ only on exact ties such as 0.43125, i.e. for tiny sample counts.)
 * a constant side makes Pearson r undefined: Corr is NaN and a ``UserWarning`` is emitted (§3.3).
 
 Public API: :func:`compute` (alias :func:`mmsa_regression`), :func:`weighted_f1`,
@@ -53,7 +57,8 @@ def _as_float32(x, name: str) -> np.ndarray:
     if hasattr(x, "detach"):  # torch.Tensor, without importing torch
         x = x.detach().cpu().float().numpy()
     try:
-        arr = np.asarray(x, dtype=np.float32).reshape(-1)
+        with np.errstate(over="ignore"):  # overflow -> inf, reported by _check
+            arr = np.asarray(x, dtype=np.float32).reshape(-1)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name}: cannot convert to a float32 array ({exc})") from None
     return arr
@@ -86,9 +91,9 @@ def _accuracy(a: np.ndarray, b: np.ndarray) -> float:
 def weighted_f1(y_true, y_pred) -> float:
     """scikit-learn's ``f1_score(y_true, y_pred, average='weighted')`` for discrete labels.
 
-    Classes are the union of the values in both arrays; F1_c = 2·tp / (true_c + pred_c) (0 when the
-    denominator is 0, sklearn's zero-division result), weighted by the true support of c, so a class
-    that is only predicted contributes with weight 0. Argument order matters (data.md §3.1).
+    Classes are the union of the values in both arrays; F1_c = 2·tp / (true_c + pred_c), weighted by
+    the true support of c. A class that is only predicted has F1 0 (sklearn's zero-division result
+    for its recall) and weight 0. Argument order matters (data.md §3.1).
     """
     y_true = np.asarray(y_true).reshape(-1)
     y_pred = np.asarray(y_pred).reshape(-1)
@@ -99,16 +104,14 @@ def weighted_f1(y_true, y_pred) -> float:
     p = (y_pred[None, :] == classes[:, None])
     tp = (t & p).sum(1).astype(np.float64)
     true_sum = t.sum(1).astype(np.float64)
-    denom = true_sum + p.sum(1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f1 = np.where(denom > 0, 2.0 * tp / denom, 0.0)
+    f1 = 2.0 * tp / (true_sum + p.sum(1))  # > 0 denominators: every class of the union occurs
     return float(np.average(f1, weights=true_sum))
 
 
 def _corr(pred: np.ndarray, truth: np.ndarray) -> float:
     for name, arr in (("predictions", pred), ("labels", truth)):
         if arr.size < 2 or np.all(arr == arr[0]):
-            warnings.warn(f"Corr is undefined (NaN): the {name} are constant", UserWarning, stacklevel=3)
+            warnings.warn(f"Corr is undefined (NaN): the {name} are constant", UserWarning, stacklevel=4)
             return float("nan")
     return float(np.corrcoef(pred, truth)[0, 1])
 
@@ -122,6 +125,10 @@ def _bins(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ metrics
+def _mae(pred: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean(np.abs(pred - truth)))  # float32 arithmetic, exactly as MMSA
+
+
 def _mosi(pred: np.ndarray, truth: np.ndarray, extras: bool) -> dict:
     p64, t64 = pred.astype(np.float64), truth.astype(np.float64)  # exact: float32 ⊂ float64
 
@@ -143,7 +150,7 @@ def _mosi(pred: np.ndarray, truth: np.ndarray, extras: bool) -> dict:
         "Non0_F1_score": non0_f1,
         "Mult_acc_5": mult(2.0),
         "Mult_acc_7": mult(3.0),
-        "MAE": float(np.mean(np.abs(p64 - t64))),
+        "MAE": _mae(pred, truth),
         "Corr": _corr(p64, t64),
     }
     if extras:
@@ -155,14 +162,13 @@ def _sims(pred: np.ndarray, truth: np.ndarray) -> dict:
     pred = np.clip(pred, np.float32(-1), np.float32(1))
     truth = np.clip(truth, np.float32(-1), np.float32(1))
     a2p, a2t = _bins(pred, _SIMS_EDGES[2]), _bins(truth, _SIMS_EDGES[2])
-    p64, t64 = pred.astype(np.float64), truth.astype(np.float64)
     return {
         "Mult_acc_2": _accuracy(a2p, a2t),
         "Mult_acc_3": _accuracy(_bins(pred, _SIMS_EDGES[3]), _bins(truth, _SIMS_EDGES[3])),
         "Mult_acc_5": _accuracy(_bins(pred, _SIMS_EDGES[5]), _bins(truth, _SIMS_EDGES[5])),
         "F1_score": weighted_f1(a2t, a2p),
-        "MAE": float(np.mean(np.abs(p64 - t64))),
-        "Corr": _corr(p64, t64),
+        "MAE": _mae(pred, truth),
+        "Corr": _corr(pred.astype(np.float64), truth.astype(np.float64)),
     }
 
 
