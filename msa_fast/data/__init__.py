@@ -1,0 +1,47 @@
+"""msa_fast's data layer (issue 4).
+
+* :mod:`msa_fast.data.schema` — the shapes of the real datasets (MOSI, MOSEI, CH-SIMS; aligned and
+  unaligned), exactly as ``../shared/spec/data.md`` §1.2 gives them, and the array layout of one split
+  of msa_fast's store.
+* :mod:`msa_fast.data.store` — msa_fast's packed HDF5 store: :func:`write_store`,
+  :class:`StoreReader`, :func:`verify`, :func:`describe`.
+* :mod:`msa_fast.data.synthetic` — :func:`make_synthetic`, a deterministic MOSI/MOSEI/SIMS-shaped
+  dataset whose labels follow the real label distribution and whose modalities carry a learnable,
+  modality-specific sentiment signal.
+
+Importing this package is light: h5py is imported only inside the store functions, transformers only
+by the caller that passes a tokenizer. The names below are resolved lazily on first access.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__all__ = [
+    "DATASETS", "DatasetShape", "ArraySpec", "split_layout", "get_shape",
+    "write_store", "StoreReader", "verify", "describe", "VerifyReport",
+    "StoreError", "StoreFormatError", "StoreCorruptError", "FORMAT_VERSION",
+    "make_synthetic", "synthetic_meta",
+]
+
+_WHERE = {
+    "DATASETS": "schema", "DatasetShape": "schema", "ArraySpec": "schema", "split_layout": "schema",
+    "get_shape": "schema",
+    "write_store": "store", "StoreReader": "store", "verify": "store", "describe": "store",
+    "VerifyReport": "store", "StoreError": "store", "StoreFormatError": "store",
+    "StoreCorruptError": "store", "FORMAT_VERSION": "store",
+    "make_synthetic": "synthetic", "synthetic_meta": "synthetic",
+}
+
+
+def __getattr__(name: str):
+    mod = _WHERE.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'msa_fast.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"msa_fast.data.{mod}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
