@@ -531,12 +531,17 @@ class StoreReader:
     Opening checks the format version, the presence of every required key, equal sample counts
     across a split's arrays and finite labels, raising on the first problem. The file handle is
     opened lazily and re-opened after ``fork`` or unpickling, so a reader can be handed to
-    DataLoader workers.
+    DataLoader workers. Arrays of at most ``small_array_bytes`` (labels, lengths, ids, token ids and
+    masks: ~10 MB for MOSEI) are loaded once on first use and indexed in memory; the large ones
+    (audio, vision, text features) are always read from the file.
     """
 
-    def __init__(self, path: str | os.PathLike, *, chunk_cache_bytes: int = 16 << 20):
+    def __init__(self, path: str | os.PathLike, *, chunk_cache_bytes: int = 16 << 20,
+                 small_array_bytes: int = 32 << 20):
         self.path = os.fspath(path)
         self._cache = int(chunk_cache_bytes)
+        self._small_limit = int(small_array_bytes)
+        self._small: dict[tuple[str, str], np.ndarray] = {}
         self._file = None
         self._pid = None
         f = self._handle()
@@ -586,6 +591,7 @@ class StoreReader:
         state = self.__dict__.copy()
         state["_file"] = None
         state["_pid"] = None
+        state["_small"] = {}
         return state
 
     def __del__(self):  # pragma: no cover - best effort
@@ -658,34 +664,111 @@ class StoreReader:
 
     def read_batch(self, split: str, indices, keys=None) -> dict[str, np.ndarray]:
         """Read the samples ``indices`` (a slice or 1-D int array, any order, repeats allowed) of
-        ``split``: one sorted, de-duplicated slice or point selection per array in one h5py call,
-        then reordered to the request. Returns ``{key: np.ndarray}`` in storage dtypes (``id`` as a
-        numpy unicode array); ``keys`` restricts the arrays read (default: all present)."""
+        ``split``. Returns ``{key: np.ndarray}`` in storage dtypes (``id`` as a numpy unicode array),
+        rows in the requested order; ``keys`` restricts the arrays read (default: all present).
+
+        The indices are sorted and de-duplicated once; each array is then read straight into a
+        preallocated buffer with one HDF5 read per contiguous run of rows: a single read for a
+        contiguous batch (the chunk-aligned case), one covering read when the rows are dense
+        (span <= 2 x count), else one read per run. (An HDF5 point/hyperslab-union selection,
+        i.e. ``dataset[sorted_indices]``, measured ~10x slower than per-run reads for 256 random
+        MOSEI-shaped rows.)"""
         sel, inverse, count = self._selection(split, indices)
         keys = self.keys(split) if keys is None else tuple(keys)
+        plan = _read_plan(sel)
         out: dict[str, np.ndarray] = {}
         for key in keys:
             ds = self._dataset(split, key)
+            small = self._small_array(split, key, ds)
+            if small is not None:
+                arr = _take_rows(small, plan)
+                if inverse is not None:
+                    arr = arr[inverse]
+                out[key] = arr
+                continue
             try:
-                if count == 0:
-                    arr = np.empty((0,) + ds.shape[1:], dtype=ds.dtype if _kind(key) != "str" else "<U1")
-                elif _kind(key) == "str":
-                    arr = np.asarray(ds.asstr()[sel], dtype=object).astype(str)
-                else:
-                    arr = ds[sel]
+                arr = _read_rows(ds, plan, _kind(key) == "str")
             except OSError as e:
-                where = (f"rows {sel.start}..{sel.stop - 1}" if isinstance(sel, slice)
-                         else f"rows {int(sel[0])}..{int(sel[-1])}")
-                raise StoreCorruptError(f"{self.path}: split {split!r}, key {key!r}: cannot read {where} "
-                                        f"(corrupt or truncated data): {e}") from e
+                lo, hi = plan["rows"]
+                raise StoreCorruptError(f"{self.path}: split {split!r}, key {key!r}: cannot read rows "
+                                        f"{lo}..{hi - 1} (corrupt or truncated data): {e}") from e
             if inverse is not None:
                 arr = arr[inverse]
             out[key] = arr
         return out
 
+    def _small_array(self, split: str, key: str, ds) -> np.ndarray | None:
+        cached = self._small.get((split, key))
+        if cached is not None:
+            return cached
+        n = ds.shape[0]
+        row = 64 if _kind(key) == "str" else int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
+        if n * row > self._small_limit:
+            return None
+        try:
+            arr = _read_rows(ds, {"mode": "slice", "slice": slice(0, n), "n": n, "rows": (0, n)},
+                             _kind(key) == "str")
+        except OSError as e:
+            raise StoreCorruptError(f"{self.path}: split {split!r}, key {key!r}: cannot read rows 0..{n - 1} "
+                                    f"(corrupt or truncated data): {e}") from e
+        self._small[(split, key)] = arr
+        return arr
+
     def read_split(self, split: str, keys=None) -> dict[str, np.ndarray]:
         """The whole split in memory (the loader's optional in-memory mode)."""
         return self.read_batch(split, slice(None), keys)
+
+
+def _read_plan(sel) -> dict:
+    """How to read the sorted unique rows ``sel`` (a slice or an increasing int array)."""
+    if isinstance(sel, slice):
+        return {"mode": "slice", "slice": sel, "n": sel.stop - sel.start, "rows": (sel.start, sel.stop)}
+    lo, hi = int(sel[0]), int(sel[-1]) + 1
+    if hi - lo <= 2 * sel.size:
+        return {"mode": "cover", "slice": slice(lo, hi), "take": sel - lo, "n": sel.size, "rows": (lo, hi)}
+    brk = np.flatnonzero(np.diff(sel) != 1) + 1
+    starts = np.concatenate(([0], brk))
+    ends = np.concatenate((brk, [sel.size]))
+    runs = [(int(sel[a]), int(sel[b - 1]) + 1, int(a), int(b)) for a, b in zip(starts, ends)]
+    return {"mode": "runs", "runs": runs, "n": sel.size, "rows": (lo, hi)}
+
+
+def _take_rows(arr: np.ndarray, plan: dict) -> np.ndarray:
+    if plan["mode"] in ("slice", "cover") and "take" not in plan:
+        return arr[plan["slice"]].copy()
+    if plan["mode"] == "cover":
+        return arr[plan["slice"].start + plan["take"]]
+    idx = np.concatenate([np.arange(a, b) for a, b, _, _ in plan["runs"]])
+    return arr[idx]
+
+
+def _read_rows(ds, plan: dict, is_str: bool) -> np.ndarray:
+    n = plan["n"]
+    if is_str:
+        if n == 0:
+            return np.empty((0,), dtype="<U1")
+        view = ds.asstr()
+        if plan["mode"] == "slice":
+            vals = view[plan["slice"]]
+        elif plan["mode"] == "cover":
+            vals = view[plan["slice"]][plan["take"]]
+        else:
+            vals = np.concatenate([view[a:b] for a, b, _, _ in plan["runs"]])
+        return np.asarray(vals, dtype=object).astype(str)
+    out = np.empty((n,) + ds.shape[1:], dtype=ds.dtype)
+    if n == 0:
+        return out
+    if plan["mode"] == "slice":
+        ds.read_direct(out, plan["slice"], np.s_[0:n])
+    elif plan["mode"] == "cover":
+        sl = plan["slice"]
+        buf = np.empty((sl.stop - sl.start,) + ds.shape[1:], dtype=ds.dtype)
+        ds.read_direct(buf, sl, np.s_[0:len(buf)])
+        np.take(buf, plan["take"], axis=0, out=out)
+    else:
+        for a, b, oa, ob in plan["runs"]:
+            ds.read_direct(out, np.s_[a:b], np.s_[oa:ob])
+    return out
 
 
 # --------------------------------------------------------------------------- verify / describe

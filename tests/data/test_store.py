@@ -114,17 +114,21 @@ def test_float16_overflow_is_an_error(tmp_path, splits):
         write_store(tmp_path / "x.h5", splits, META, dtype="float16")
 
 
+@pytest.mark.parametrize("small_array_bytes", [0, 32 << 20])   # every array from the file / small ones cached
 @pytest.mark.parametrize("chunk_samples", [None, 1, 8, 64])
-def test_read_batch_any_order(tmp_path, splits, chunk_samples):
+def test_read_batch_any_order(tmp_path, splits, chunk_samples, small_array_bytes):
     p = tmp_path / "ds.h5"
     write_store(p, splits, META, chunk_samples=chunk_samples)
     tr = splits["train"]
     rng = np.random.default_rng(1)
-    with StoreReader(p) as r:
+    with StoreReader(p, small_array_bytes=small_array_bytes) as r:
         if chunk_samples:
             assert r.chunk_rows("train", "audio") == min(chunk_samples, 70)
         cases = [slice(10, 42), slice(None), slice(60, 100), slice(3, 50, 7), [5], np.array([69, 0, 1, 2, 3]),
-                 rng.permutation(70)[:32], np.array([4, 4, 9, 4]), np.arange(20, 36), np.int64(7), []]
+                 rng.permutation(70)[:32], np.array([4, 4, 9, 4]), np.arange(20, 36), np.int64(7), [],
+                 np.array([0, 1, 2, 30, 31, 50, 69]),          # sparse runs: one read per run
+                 np.array([10, 12, 13, 15, 11]),               # dense: one covering read
+                 rng.integers(0, 70, 100)]                     # repeats, any order
         for idx in cases:
             b = r.read_batch("train", idx)
             ref = np.arange(70)[idx] if not isinstance(idx, list) or idx else np.arange(0)
@@ -364,10 +368,13 @@ def test_corrupt_chunk_of_compressed_store_names_key(tmp_path, splits):
     with open(p, "r+b") as fh:
         fh.seek(info.byte_offset)
         fh.write(b"\xff" * min(64, info.size))
-    with StoreReader(p) as r:
+    with StoreReader(p, small_array_bytes=0) as r:
         r.read_batch("train", [0, 1])                       # chunk 0 still fine
         with pytest.raises(StoreCorruptError, match=r"gz\.h5.*'train'.*'vision'.*rows 8\.\.9"):
             r.read_batch("train", [8, 9])
+    with StoreReader(p) as r:                               # small arrays are read whole on first use
+        with pytest.raises(StoreCorruptError, match=r"gz\.h5.*'train'.*'vision'.*rows 0\.\.69"):
+            r.read_batch("train", [0, 1])
     rep = verify(p)
     assert not rep.ok and any("'vision'" in x for x in rep.problems + [m[0] for m in rep.mismatches])
 
