@@ -6,9 +6,11 @@
   No GPU is needed to compile: the sources compile, link and register their kernels anywhere.
 * Toolkit headers the system CUDA lacks (cusparse.h, cublas_v2.h, ... which ATen's CUDA headers
   include) are taken from torch's own ``nvidia-*`` wheels, found through Python, not hard-coded.
+  They are searched *after* the system CUDA headers (``-idirafter``), so the wheels only fill gaps
+  and never shadow the headers that match nvcc.
 * ``TORCH_CUDA_ARCH_LIST`` defaults to a short list (sm_80, sm_90 + PTX) to keep the build lean;
   set it to build for other GPUs.
-* ``DEBUG=1`` builds with -O0 -g.
+* ``DEBUG=1`` builds with -O0 -g; release builds drop the -g that Python's CFLAGS add (build time).
 """
 
 from __future__ import annotations
@@ -72,36 +74,35 @@ def _nvidia_wheel_includes() -> list[str]:
 def _extension():
     debug = os.environ.get("DEBUG", "0") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    cxx_flags = [*opt, "-fopenmp", "-DMSA_FAST_HAS_OPENMP"]
+    cxx_flags = [*opt, *([] if debug else ["-g0"]), "-fopenmp", "-DMSA_FAST_HAS_OPENMP"]
     if not debug and os.environ.get("MSA_FAST_NATIVE", "0") == "1":
         cxx_flags.append("-march=native")
     sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.cpp"))
     sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cpu").glob("*.cpp"))
     include_dirs = [str(ROOT / "csrc")]
+    # py_limited_api=True makes torch define Py_LIMITED_API (its minimum CPython, 3.10) itself.
     common = dict(
         name="msa_fast._C",
         include_dirs=include_dirs,
         extra_link_args=["-fopenmp"],
         py_limited_api=True,
     )
-    macros = [("Py_LIMITED_API", "0x03090000")]
     if _want_cuda():
         sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cuda").glob("*.cu"))
-        include_dirs += _nvidia_wheel_includes()
+        wheel_includes = _nvidia_wheel_includes()
+        cxx_flags += [f for d in wheel_includes for f in ("-idirafter", d)]
         nvcc_flags = [*opt, "--expt-relaxed-constexpr", "-DMSA_FAST_WITH_CUDA"]
+        nvcc_flags += [f for d in wheel_includes for f in ("-Xcompiler", "-idirafter", "-Xcompiler", d)]
         return CUDAExtension(
             sources=sources,
-            define_macros=macros,
             extra_compile_args={"cxx": [*cxx_flags, "-DMSA_FAST_WITH_CUDA"], "nvcc": nvcc_flags},
             **common,
         )
-    return CppExtension(
-        sources=sources, define_macros=macros, extra_compile_args={"cxx": cxx_flags}, **common
-    )
+    return CppExtension(sources=sources, extra_compile_args={"cxx": cxx_flags}, **common)
 
 
 setup(
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
 )

@@ -2,9 +2,12 @@
 // clear errors (ValueError / TypeError in Python) from eager code, torch.compile and TorchScript.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/aminmax.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/stack.h>
 
-#include <limits>
+#include <algorithm>
 #include <string>
 
 #include "common/cutoff.h"
@@ -23,8 +26,9 @@ struct Args {
 inline Args check_args(const at::Tensor& x, double ratio, const std::string& mode,
                        const at::Tensor& seed, const c10::optional<at::Tensor>& lengths,
                        const std::string& padding_side) {
-  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()),
-                   "msa_fast.ops.cutoff: x must be a floating tensor, got ", x.scalar_type());
+  const at::ScalarType dt = x.scalar_type();
+  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16 || dt == at::kDouble,
+                   "msa_fast.ops.cutoff: x must be float32, float16, bfloat16 or float64, got ", dt);
   TORCH_CHECK_VALUE(x.dim() == 3, "msa_fast.ops.cutoff: x must be [B, L, D], got shape ", x.sizes());
   TORCH_CHECK_VALUE(x.numel() > 0, "msa_fast.ops.cutoff: x is empty (shape ", x.sizes(), ")");
   TORCH_CHECK_VALUE(ratio >= 0.0 && ratio <= 1.0, "msa_fast.ops.cutoff: ratio must lie in [0, 1], got ", ratio);
@@ -61,11 +65,14 @@ inline Args check_args(const at::Tensor& x, double ratio, const std::string& mod
   return a;
 }
 
-// Valid lengths as int64 on x's device, checked to lie in [0, L] (one small host read on CUDA).
+// Valid lengths as int64 on x's device, checked to lie in [0, L] (one small host read on CUDA:
+// min and max travel together).
 inline at::Tensor checked_lengths(const Args& a, const at::Tensor& x, const c10::optional<at::Tensor>& lengths) {
   if (!lengths.has_value()) return at::full({a.B}, a.L, x.options().dtype(at::kLong));
   at::Tensor len = lengths->to(at::kLong).contiguous();
-  const int64_t lo = len.min().item<int64_t>(), hi = len.max().item<int64_t>();
+  const auto min_max = at::aminmax(len);
+  const at::Tensor bounds = at::stack({std::get<0>(min_max), std::get<1>(min_max)}).cpu();
+  const int64_t lo = bounds.data_ptr<int64_t>()[0], hi = bounds.data_ptr<int64_t>()[1];
   TORCH_CHECK_VALUE(lo >= 0 && hi <= a.L, "msa_fast.ops.cutoff: lengths must lie in [0, L] = [0, ", a.L,
                     "], got values in [", lo, ", ", hi, "]");
   return len;

@@ -84,5 +84,41 @@ MSA_HD T l0_grad(T grad, T pre, const Params<T>& p) {
   return (pre >= p.eps && pre <= T(1) - p.eps) ? grad * pre * (T(1) - pre) : T(0);
 }
 
+// ---- One element of each op, as the CPU and CUDA kernels run it. ----
+// `u` is the given noise of the element (ignored unless has_u), `index` its flat index (the Philox
+// offset when the noise is generated). Noise is only used in training.
+
+// s of element `index`.
+template <typename T>
+MSA_HD T element_s(T log_alpha, bool has_u, T u, uint64_t seed, int64_t index, const Params<T>& p) {
+  const T n = p.training ? noise(has_u, u, seed, index, p.eps) : T(0);
+  return gate_s(log_alpha, n, p);
+}
+
+// Forward: returns z, stores s̄.
+template <typename T>
+MSA_HD T element_forward(T log_alpha, bool has_u, T u, uint64_t seed, int64_t index, const Params<T>& p, T* s_bar) {
+  *s_bar = stretch(element_s(log_alpha, has_u, u, seed, index, p), p);
+  return gate_z(*s_bar, p);
+}
+
+// Backward: dL/dlog α, the noise regenerated exactly as in the forward.
+template <typename T>
+MSA_HD T element_backward(T grad_z, T grad_s_bar, T log_alpha, bool has_u, T u, uint64_t seed, int64_t index,
+                          const Params<T>& p) {
+  return grad_log_alpha(grad_z, grad_s_bar, element_s(log_alpha, has_u, u, seed, index, p), p);
+}
+
+// hard_concrete_l0 forward (p clamped to [eps, 1 − eps]) and backward.
+template <typename T>
+MSA_HD T l0_forward(T log_alpha, const Params<T>& p) {
+  return clamp(l0_pre(log_alpha, p), p.eps, T(1) - p.eps);
+}
+
+template <typename T>
+MSA_HD T l0_backward(T grad, T log_alpha, const Params<T>& p) {
+  return l0_grad(grad, l0_pre(log_alpha, p), p);
+}
+
 }  // namespace hard_concrete
 }  // namespace msa_fast

@@ -1,7 +1,7 @@
 // Host-side argument checking for the Hard Concrete ops, shared by the CPU and CUDA kernels.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <string>
 
@@ -25,13 +25,22 @@ inline Params<T> make_params(double beta, double gamma, double zeta, c10::option
 }
 
 inline void check_log_alpha(const at::Tensor& log_alpha) {
-  TORCH_CHECK_TYPE(at::isFloatingType(log_alpha.scalar_type()),
-                   "msa_fast.ops.hard_concrete: log_alpha must be floating, got ", log_alpha.scalar_type());
+  const at::ScalarType dt = log_alpha.scalar_type();
+  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16 || dt == at::kDouble,
+                   "msa_fast.ops.hard_concrete: log_alpha must be float32, float16, bfloat16 or float64, got ", dt);
   TORCH_CHECK_VALUE(log_alpha.numel() > 0, "msa_fast.ops.hard_concrete: log_alpha is empty (shape ",
                     log_alpha.sizes(), ")");
   TORCH_CHECK_VALUE(log_alpha.numel() <= (int64_t(1) << 32),
                     "msa_fast.ops.hard_concrete: log_alpha has ", log_alpha.numel(),
                     " elements, more than the 2^32 Philox offsets; split it");
+}
+
+// An upstream gradient as a contiguous tensor of log_alpha's shape and dtype. It must live on
+// log_alpha's device: the kernels read it directly.
+inline at::Tensor grad_tensor(const at::Tensor& grad, const at::Tensor& log_alpha, const char* name) {
+  TORCH_CHECK_VALUE(grad.device() == log_alpha.device(), "msa_fast.ops.hard_concrete: ", name, " is on ",
+                    grad.device(), " but log_alpha is on ", log_alpha.device());
+  return grad.expand(log_alpha.sizes()).to(log_alpha.scalar_type()).contiguous();
 }
 
 // u as a contiguous tensor of log_alpha's shape and dtype, or undefined when none was given.

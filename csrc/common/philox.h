@@ -14,6 +14,15 @@
 #define MSA_HD inline
 #endif
 
+// Full unrolling of short fixed loops, spelled for each compiler (GCC ignores a bare #pragma unroll).
+#if defined(__CUDACC__) || defined(__clang__)
+#define MSA_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define MSA_UNROLL _Pragma("GCC unroll 16")
+#else
+#define MSA_UNROLL
+#endif
+
 namespace msa_fast {
 
 struct Philox4x32 {
@@ -28,7 +37,7 @@ constexpr uint32_t kPhiloxW1 = 0xBB67AE85u;
 // Full 4-word Philox4x32-10 block; exposed so the Random123 known-answer vectors can be checked.
 MSA_HD Philox4x32 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0,
                                 uint32_t k1) {
-#pragma unroll
+  MSA_UNROLL
   for (int round = 0; round < 10; ++round) {
     const uint64_t p0 = static_cast<uint64_t>(kPhiloxM0) * c0;
     const uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * c2;

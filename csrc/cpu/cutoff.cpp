@@ -3,9 +3,13 @@
 // Cut entries are selected to 0 with a bitwise AND against an all-ones / all-zeros word, which is
 // selection (NaN or Inf at a cut position becomes exactly 0) and vectorises to one AND per lane.
 // No mask is stored: backward calls this same kernel on the upstream gradient with the same seed.
-#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
+
+#include <algorithm>
 
 #include <cstring>
 #include <vector>
@@ -18,11 +22,6 @@ namespace {
 
 using namespace cutoff;
 
-template <int kBytes> struct BitsOf;
-template <> struct BitsOf<2> { using type = uint16_t; };
-template <> struct BitsOf<4> { using type = uint32_t; };
-template <> struct BitsOf<8> { using type = uint64_t; };
-
 // Rows are (b, l) pairs; each chunk rebuilds the cut set of a sample when it reaches a new one.
 template <typename bits_t>
 void feature_rows(const bits_t* x, bits_t* out, const Args& a, int64_t row_begin, int64_t row_end) {
@@ -31,8 +30,8 @@ void feature_rows(const bits_t* x, bits_t* out, const Args& a, int64_t row_begin
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t b = row / a.L;
     if (b != current) {
-      std::fill(keep.begin(), keep.end(), static_cast<bits_t>(~bits_t(0)));
-      for (int64_t t = 0; t < a.feature_draws; ++t) keep[feature_index(a.seed, b, a.D, t)] = 0;
+      std::fill(keep.begin(), keep.end(), keep_word<bits_t>(true));
+      for (int64_t t = 0; t < a.feature_draws; ++t) keep[feature_index(a.seed, b, a.D, t)] = keep_word<bits_t>(false);
       current = b;
     }
     const bits_t* xr = x + row * a.D;
@@ -53,11 +52,11 @@ void step_rows(const bits_t* x, bits_t* out, const Args& a, double ratio, const 
     const int64_t b = row / a.L, l = row % a.L;
     if (b != current) {
       std::fill(cut.begin(), cut.end(), uint8_t(0));
-      const int64_t len = lengths[b], n = draws_for(len, ratio), begin = valid_begin(a.L, len, a.left_padding);
+      const int64_t len = lengths[b], n = draws_for(len, ratio);
       if (a.mode == kToken) {
-        for (int64_t t = 0; t < n; ++t) cut[begin + token_position(a.seed, b, a.L, t, len)] = 1;
+        for (int64_t t = 0; t < n; ++t) cut[token_cut_row(a.seed, b, a.L, t, len, a.left_padding)] = 1;
       } else if (n > 0) {
-        const int64_t start = begin + span_start(a.seed, b, len, n);
+        const int64_t start = span_cut_begin(a.seed, b, a.L, len, n, a.left_padding);
         std::fill(cut.begin() + start, cut.begin() + start + n, uint8_t(1));
       }
       current = b;

@@ -1,8 +1,11 @@
 // C++ CPU kernels of hard_concrete and hard_concrete_l0 (ops.md §7): one fused elementwise pass,
 // noise regenerated from (seed, flat index) in backward instead of being stored.
-#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include "common/hard_concrete.h"
@@ -34,9 +37,8 @@ std::tuple<at::Tensor, at::Tensor> hard_concrete_cpu(const at::Tensor& log_alpha
     scalar_t* sp = with_s_bar ? s_bar.data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, la.numel(), kGrain, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        const T noise_i = training ? noise<T>(up != nullptr, up ? T(up[i]) : T(0), s, i, p.eps) : T(0);
-        const T sb = stretch(gate_s(T(lp[i]), noise_i, p), p);
-        zp[i] = static_cast<scalar_t>(gate_z(sb, p));
+        T sb;
+        zp[i] = static_cast<scalar_t>(element_forward(T(lp[i]), up != nullptr, up ? T(up[i]) : T(0), s, i, p, &sb));
         if (sp) sp[i] = static_cast<scalar_t>(sb);
       }
     });
@@ -52,9 +54,9 @@ at::Tensor hard_concrete_backward_cpu(const at::Tensor& grad_z_in, const c10::op
   check_log_alpha(log_alpha_in);
   const bool ste_sbar = parse_ste(std::string(ste));
   const at::Tensor la = log_alpha_in.contiguous();
-  const at::Tensor gz = grad_z_in.expand(la.sizes()).to(la.scalar_type()).contiguous();
+  const at::Tensor gz = grad_tensor(grad_z_in, la, "grad_z");
   const bool has_gsb = grad_s_bar_in.has_value() && grad_s_bar_in->numel() > 0;
-  const at::Tensor gsb = has_gsb ? grad_s_bar_in->expand(la.sizes()).to(la.scalar_type()).contiguous() : at::Tensor();
+  const at::Tensor gsb = has_gsb ? grad_tensor(*grad_s_bar_in, la, "grad_s_bar") : at::Tensor();
   const at::Tensor u = training ? noise_tensor(la, u_in) : at::Tensor();
   const uint64_t s = seed_value(seed, training && !u.defined());
   at::Tensor grad = at::empty_like(la, at::MemoryFormat::Contiguous);
@@ -68,9 +70,8 @@ at::Tensor hard_concrete_backward_cpu(const at::Tensor& grad_z_in, const c10::op
     scalar_t* gp = grad.data_ptr<scalar_t>();
     at::parallel_for(0, la.numel(), kGrain, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        const T noise_i = training ? noise<T>(up != nullptr, up ? T(up[i]) : T(0), s, i, p.eps) : T(0);
-        const T si = gate_s(T(lp[i]), noise_i, p);
-        gp[i] = static_cast<scalar_t>(grad_log_alpha(T(gzp[i]), gsp ? T(gsp[i]) : T(0), si, p));
+        gp[i] = static_cast<scalar_t>(element_backward(T(gzp[i]), gsp ? T(gsp[i]) : T(0), T(lp[i]), up != nullptr,
+                                                       up ? T(up[i]) : T(0), s, i, p));
       }
     });
   });
@@ -87,7 +88,7 @@ at::Tensor hard_concrete_l0_cpu(const at::Tensor& log_alpha_in, double beta, dou
     const scalar_t* lp = la.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
     at::parallel_for(0, la.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) op[i] = static_cast<scalar_t>(clamp(l0_pre(T(lp[i]), p), p.eps, T(1) - p.eps));
+      for (int64_t i = begin; i < end; ++i) op[i] = static_cast<scalar_t>(l0_forward(T(lp[i]), p));
     });
   });
   return out;
@@ -97,7 +98,7 @@ at::Tensor hard_concrete_l0_backward_cpu(const at::Tensor& grad_in, const at::Te
                                          double gamma, double zeta, double eps) {
   check_log_alpha(log_alpha_in);
   const at::Tensor la = log_alpha_in.contiguous();
-  const at::Tensor g = grad_in.expand(la.sizes()).to(la.scalar_type()).contiguous();
+  const at::Tensor g = grad_tensor(grad_in, la, "grad");
   at::Tensor out = at::empty_like(la, at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, la.scalar_type(), "msa_fast_hard_concrete_l0_bwd_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
@@ -106,7 +107,7 @@ at::Tensor hard_concrete_l0_backward_cpu(const at::Tensor& grad_in, const at::Te
     const scalar_t* gp = g.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
     at::parallel_for(0, la.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) op[i] = static_cast<scalar_t>(l0_grad(T(gp[i]), l0_pre(T(lp[i]), p), p));
+      for (int64_t i = begin; i < end; ++i) op[i] = static_cast<scalar_t>(l0_backward(T(gp[i]), T(lp[i]), p));
     });
   });
   return out;

@@ -1,16 +1,17 @@
 // CPU kernels of the Philox test ops (ops.md §0.8 known answers, cross-backend streams).
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/tensor.h>
 #include <torch/library.h>
 
 #include "common/philox.h"
+#include "common/philox_args.h"
 
 namespace msa_fast {
 namespace {
 
 at::Tensor philox_block_cpu(const at::Tensor& words) {
-  TORCH_CHECK_VALUE(words.dim() == 1 && words.numel() == 6 && words.scalar_type() == at::kLong,
-                    "msa_fast::philox_block: words must be int64 [6] = (c0, c1, c2, c3, k0, k1), got ",
-                    words.scalar_type(), " ", words.sizes());
+  philox::check_block_words(words);
   auto w = words.contiguous();
   const int64_t* p = w.data_ptr<int64_t>();
   auto u32 = [](int64_t v) { return static_cast<uint32_t>(v); };
@@ -19,10 +20,7 @@ at::Tensor philox_block_cpu(const at::Tensor& words) {
 }
 
 at::Tensor philox_randint_cpu(const at::Tensor& seed, int64_t offset, int64_t count) {
-  TORCH_CHECK_VALUE(seed.numel() == 1 && seed.scalar_type() == at::kLong, "msa_fast::philox_randint: seed must be 0-dim int64");
-  TORCH_CHECK_VALUE(offset >= 0 && count >= 0 && offset + count <= (int64_t(1) << 32),
-                    "msa_fast::philox_randint: offsets must stay below 2^32, got offset ", offset, " count ", count);
-  const uint64_t s = static_cast<uint64_t>(seed.item<int64_t>());
+  const uint64_t s = philox::check_randint(seed, offset, count);
   auto out = at::empty({count}, seed.options().dtype(at::kLong));
   int64_t* o = out.data_ptr<int64_t>();
   for (int64_t i = 0; i < count; ++i) o[i] = philox_randint(s, static_cast<uint32_t>(offset + i));
