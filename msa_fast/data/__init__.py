@@ -5,8 +5,8 @@
   of msa_fast's store.
 * :mod:`msa_fast.data.store` — msa_fast's packed HDF5 store: :func:`write_store`,
   :class:`StoreReader`, :func:`verify`, :func:`describe`.
-* :mod:`msa_fast.data.synthetic` — :func:`make_synthetic`, a deterministic MOSI/MOSEI/SIMS-shaped
-  dataset whose labels follow the real label distribution and whose modalities carry a learnable,
+* :mod:`msa_fast.data.synthetic` — :func:`make_synthetic` / :func:`write_synthetic_store`, a deterministic
+  MOSI/MOSEI/SIMS-shaped dataset whose labels follow the real label distribution and whose modalities carry a learnable,
   modality-specific sentiment signal.
 
 Importing this package is light: h5py is imported only inside the store functions, transformers only
@@ -21,7 +21,7 @@ __all__ = [
     "DATASETS", "DatasetShape", "ArraySpec", "split_layout", "get_shape",
     "write_store", "StoreReader", "verify", "describe", "VerifyReport",
     "StoreError", "StoreFormatError", "StoreCorruptError", "FORMAT_VERSION",
-    "make_synthetic", "synthetic_meta",
+    "make_synthetic", "make_synthetic_split", "write_synthetic_store", "synthetic_meta",
 ]
 
 _WHERE = {
@@ -30,7 +30,8 @@ _WHERE = {
     "write_store": "store", "StoreReader": "store", "verify": "store", "describe": "store",
     "VerifyReport": "store", "StoreError": "store", "StoreFormatError": "store",
     "StoreCorruptError": "store", "FORMAT_VERSION": "store",
-    "make_synthetic": "synthetic", "synthetic_meta": "synthetic",
+    "make_synthetic": "synthetic", "make_synthetic_split": "synthetic", "write_synthetic_store": "synthetic",
+    "synthetic_meta": "synthetic",
 }
 
 

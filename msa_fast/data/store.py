@@ -189,78 +189,83 @@ def _attr_str(f, name: str) -> str | None:
 # --------------------------------------------------------------------------- validation of inputs
 
 
-def _validate_splits(splits: Mapping[str, Mapping[str, Any]], path: str) -> dict[str, dict[str, Any]]:
-    """Structural checks before anything is written: names, keys, ranks, sample counts, dims."""
+def _check_split_names(splits, path: str) -> list[str]:
     if not isinstance(splits, Mapping) or not splits:
         raise StoreFormatError(f"{path}: `splits` must be a non-empty dict of split name -> dict of arrays")
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:
         raise StoreFormatError(f"{path}: unknown split name(s) {unknown}; expected a subset of {list(SPLITS)}")
-    out: dict[str, dict[str, Any]] = {}
-    tails: dict[str, tuple[str, tuple[int, ...]]] = {}  # key -> (first split, tail)
-    for split in SPLITS:
-        if split not in splits:
+    return [s for s in SPLITS if s in splits]
+
+
+def _validate_splits(splits: Mapping[str, Mapping[str, Any]], path: str) -> dict[str, dict[str, Any]]:
+    """Structural checks of all splits (names, keys, ranks, sample counts, dims)."""
+    tails: dict[str, tuple[str, tuple[int, ...]]] = {}
+    return {split: _validate_split(split, splits[split], path, tails) for split in _check_split_names(splits, path)}
+
+
+def _validate_split(split: str, arrays: Mapping[str, Any], path: str,
+                    tails: dict[str, tuple[str, tuple[int, ...]]]) -> dict[str, Any]:
+    """Structural checks of one split before it is written; ``tails`` carries the per-sample shapes
+    seen in earlier splits (key -> (split, tail)) so dims must agree across splits."""
+    if not isinstance(arrays, Mapping):
+        raise StoreFormatError(f"{path}: split {split!r} must be a dict of arrays, got {type(arrays).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in arrays]
+    if missing:
+        raise StoreFormatError(f"{path}: split {split!r}: missing key(s) {missing} "
+                               f"(required: {list(REQUIRED_KEYS)})")
+    extra = [k for k in arrays if k not in _KNOWN_KEYS]
+    if extra:
+        raise StoreFormatError(f"{path}: split {split!r}: unknown key(s) {extra} "
+                               f"(known: {list(_KNOWN_KEYS)})")
+    conv: dict[str, Any] = {}
+    for k in _KNOWN_KEYS:
+        if k not in arrays or arrays[k] is None:
             continue
-        arrays = splits[split]
-        if not isinstance(arrays, Mapping):
-            raise StoreFormatError(f"{path}: split {split!r} must be a dict of arrays, got {type(arrays).__name__}")
-        missing = [k for k in REQUIRED_KEYS if k not in arrays]
-        if missing:
-            raise StoreFormatError(f"{path}: split {split!r}: missing key(s) {missing} "
-                                   f"(required: {list(REQUIRED_KEYS)})")
-        extra = [k for k in arrays if k not in _KNOWN_KEYS]
-        if extra:
-            raise StoreFormatError(f"{path}: split {split!r}: unknown key(s) {extra} "
-                                   f"(known: {list(_KNOWN_KEYS)})")
-        conv: dict[str, Any] = {}
-        for k in _KNOWN_KEYS:
-            if k not in arrays or arrays[k] is None:
-                continue
-            a = arrays[k]
-            if _kind(k) == "str":
-                a = np.asarray(a)
-            elif not (hasattr(a, "shape") and hasattr(a, "dtype") and hasattr(a, "__getitem__")):
-                a = np.asarray(a)
-            spec = _LAYOUT[k]
-            if len(a.shape) != spec.ndim:
-                raise StoreFormatError(f"{path}: split {split!r}, key {k!r}: expected {spec.ndim}-D "
-                                       f"[N{', ...' * (spec.ndim - 1)}], got shape {tuple(a.shape)}")
-            dt = np.dtype(a.dtype)
-            if spec.kind == "int" and not (np.issubdtype(dt, np.integer) or dt == np.bool_):
-                raise StoreFormatError(f"{path}: split {split!r}, key {k!r}: expected an integer array, got {dt}")
-            if spec.kind in ("float", "label") and not (np.issubdtype(dt, np.floating)
-                                                        or np.issubdtype(dt, np.integer)):
-                raise StoreFormatError(f"{path}: split {split!r}, key {k!r}: expected a float array, got {dt}")
-            conv[k] = a
-        counts = {k: int(a.shape[0]) for k, a in conv.items()}
-        values, freq = np.unique(list(counts.values()), return_counts=True)
-        if len(values) > 1:
-            n_ref = int(values[np.argmax(freq)])
-            odd = {k: c for k, c in counts.items() if c != n_ref}
-            raise StoreFormatError(
-                f"{path}: split {split!r}: sample counts differ across arrays: "
-                + ", ".join(f"{k!r} has {c}" for k, c in odd.items())
-                + f" while the other arrays have {n_ref} (all counts: {counts})")
-        n = int(values[0])
-        if n == 0:
-            raise StoreFormatError(f"{path}: split {split!r} has no samples")
-        # within-split consistency of the sequence lengths
-        lt = conv["text_ids"].shape[1]
-        if conv["text_mask"].shape[1] != lt:
-            raise StoreFormatError(f"{path}: split {split!r}: 'text_mask' length {conv['text_mask'].shape[1]} "
-                                   f"!= 'text_ids' length {lt}")
-        if "text_feat" in conv and conv["text_feat"].shape[1] != lt:
-            raise StoreFormatError(f"{path}: split {split!r}: 'text_feat' length {conv['text_feat'].shape[1]} "
-                                   f"!= 'text_ids' length {lt}")
-        # across-split consistency of every non-sample dim
-        for k, a in conv.items():
-            tail = tuple(int(d) for d in a.shape[1:])
-            if k in tails and tails[k][1] != tail:
-                raise StoreFormatError(f"{path}: key {k!r}: per-sample shape {tail} in split {split!r} differs "
-                                       f"from {tails[k][1]} in split {tails[k][0]!r}")
-            tails.setdefault(k, (split, tail))
-        out[split] = conv
-    return out
+        a = arrays[k]
+        if _kind(k) == "str":
+            a = np.asarray(a)
+        elif not (hasattr(a, "shape") and hasattr(a, "dtype") and hasattr(a, "__getitem__")):
+            a = np.asarray(a)
+        spec = _LAYOUT[k]
+        if len(a.shape) != spec.ndim:
+            raise StoreFormatError(f"{path}: split {split!r}, key {k!r}: expected {spec.ndim}-D "
+                                   f"[N{', ...' * (spec.ndim - 1)}], got shape {tuple(a.shape)}")
+        dt = np.dtype(a.dtype)
+        if spec.kind == "int" and not (np.issubdtype(dt, np.integer) or dt == np.bool_):
+            raise StoreFormatError(f"{path}: split {split!r}, key {k!r}: expected an integer array, got {dt}")
+        if spec.kind in ("float", "label") and not (np.issubdtype(dt, np.floating)
+                                                    or np.issubdtype(dt, np.integer)):
+            raise StoreFormatError(f"{path}: split {split!r}, key {k!r}: expected a float array, got {dt}")
+        conv[k] = a
+    counts = {k: int(a.shape[0]) for k, a in conv.items()}
+    values, freq = np.unique(list(counts.values()), return_counts=True)
+    if len(values) > 1:
+        n_ref = int(values[np.argmax(freq)])
+        odd = {k: c for k, c in counts.items() if c != n_ref}
+        raise StoreFormatError(
+            f"{path}: split {split!r}: sample counts differ across arrays: "
+            + ", ".join(f"{k!r} has {c}" for k, c in odd.items())
+            + f" while the other arrays have {n_ref} (all counts: {counts})")
+    n = int(values[0])
+    if n == 0:
+        raise StoreFormatError(f"{path}: split {split!r} has no samples")
+    # within-split consistency of the sequence lengths
+    lt = conv["text_ids"].shape[1]
+    if conv["text_mask"].shape[1] != lt:
+        raise StoreFormatError(f"{path}: split {split!r}: 'text_mask' length {conv['text_mask'].shape[1]} "
+                               f"!= 'text_ids' length {lt}")
+    if "text_feat" in conv and conv["text_feat"].shape[1] != lt:
+        raise StoreFormatError(f"{path}: split {split!r}: 'text_feat' length {conv['text_feat'].shape[1]} "
+                               f"!= 'text_ids' length {lt}")
+    # across-split consistency of every non-sample dim
+    for k, a in conv.items():
+        tail = tuple(int(d) for d in a.shape[1:])
+        if k in tails and tails[k][1] != tail:
+            raise StoreFormatError(f"{path}: key {k!r}: per-sample shape {tail} in split {split!r} differs "
+                                   f"from {tails[k][1]} in split {tails[k][0]!r}")
+        tails.setdefault(k, (split, tail))
+    return conv
 
 
 def _check_block(key: str, block: np.ndarray, stored: np.ndarray | None, start: int, split: str,
@@ -315,7 +320,9 @@ def write_store(path: str | os.PathLike, splits: Mapping[str, Mapping[str, Any]]
     audio, vision and text features. ``compression`` is ``None``, ``'gzip'`` (level
     ``compression_opts``, default 4) or ``'lzf'``. Arrays may be numpy arrays or any array-like with
     ``shape``, ``dtype`` and row slicing (e.g. ``np.memmap``, an h5py dataset): they are copied in
-    blocks, never all at once. Returns the path written.
+    blocks, never all at once. A split may also be given as a zero-argument callable returning its
+    dict, called when that split is written, so only one split needs to be in memory at a time
+    (e.g. ``{'train': lambda: make_split('train'), ...}``). Returns the path written.
 
     The write is atomic (see the module docstring). Raises :class:`StoreFormatError` naming the
     split, key and sample on bad input.
@@ -343,14 +350,15 @@ def write_store(path: str | os.PathLike, splits: Mapping[str, Mapping[str, Any]]
     except (TypeError, ValueError) as e:
         raise StoreFormatError(f"{path}: meta must be JSON-serialisable: {e}") from e
 
-    data = _validate_splits(splits, path)
-    first = data[next(iter(data))]
-    feature_dims = {"audio": int(first["audio"].shape[2]), "vision": int(first["vision"].shape[2])}
-    if "text_feat" in first:
-        feature_dims["text"] = int(first["text_feat"].shape[2])
-    seq_lens = {"text": int(first["text_ids"].shape[1]), "audio": int(first["audio"].shape[1]),
-                "vision": int(first["vision"].shape[1])}
-    extent = {"audio_lengths": seq_lens["audio"], "vision_lengths": seq_lens["vision"]}
+    names = _check_split_names(splits, path)
+    tails: dict[str, tuple[str, tuple[int, ...]]] = {}
+    eager = {s: splits[s] for s in names if not callable(splits[s])}
+    for s in names:  # validate what is already there before creating anything
+        if s in eager:
+            _validate_split(s, eager[s], path, tails)
+    feature_dims: dict[str, int] = {}
+    seq_lens: dict[str, int] = {}
+    num_samples: dict[str, int] = {}
 
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
@@ -361,15 +369,29 @@ def write_store(path: str | os.PathLike, splits: Mapping[str, Mapping[str, Any]]
     chunk_rows: dict[str, int] = {}
     try:
         with h5py.File(tmp, "w") as f:
-            for split, arrays in data.items():
+            for split in names:
+                src_split = splits[split]
+                if callable(src_split):  # produced on demand: one split in memory at a time
+                    src_split = src_split()
+                arrays = _validate_split(split, src_split, path, tails)
+                del src_split
+                if not seq_lens:
+                    feature_dims.update(audio=int(arrays["audio"].shape[2]), vision=int(arrays["vision"].shape[2]))
+                    if "text_feat" in arrays:
+                        feature_dims["text"] = int(arrays["text_feat"].shape[2])
+                    seq_lens.update(text=int(arrays["text_ids"].shape[1]), audio=int(arrays["audio"].shape[1]),
+                                    vision=int(arrays["vision"].shape[1]))
+                extent = {"audio_lengths": seq_lens["audio"], "vision_lengths": seq_lens["vision"]}
                 g = f.create_group(split)
                 n = int(arrays["text_ids"].shape[0])
+                num_samples[split] = n
                 g.attrs["num_samples"] = n
-                for key, src in arrays.items():
-                    digest, rows = _write_array(g, key, src, n, fdt, compression, compression_opts,
+                for key in list(arrays):
+                    digest, rows = _write_array(g, key, arrays[key], n, fdt, compression, compression_opts,
                                                 chunk_samples, split, path, extent)
                     checksums[f"{split}/{key}"] = digest
                     chunk_rows[f"{split}/{key}"] = rows
+                del arrays
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["dataset"] = str(meta["dataset"])
@@ -378,7 +400,7 @@ def write_store(path: str | os.PathLike, splits: Mapping[str, Mapping[str, Any]]
             f.attrs["compression"] = compression or "none"
             f.attrs["feature_dims"] = json.dumps(feature_dims, sort_keys=True)
             f.attrs["seq_lens"] = json.dumps(seq_lens, sort_keys=True)
-            f.attrs["num_samples"] = json.dumps({s: int(a["text_ids"].shape[0]) for s, a in data.items()})
+            f.attrs["num_samples"] = json.dumps(num_samples)
             f.attrs["chunk_rows"] = json.dumps(chunk_rows, sort_keys=True)
             f.attrs["checksums"] = json.dumps(checksums, sort_keys=True)
             f.attrs["meta"] = meta_json

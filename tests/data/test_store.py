@@ -420,3 +420,23 @@ def test_nan_label_in_file(store_path):
         StoreReader(store_path)
     rep = verify(store_path)
     assert not rep.ok and "sample 5, 7" in str(rep)
+
+
+def test_callable_splits_are_produced_one_at_a_time(tmp_path, splits):
+    calls = []
+
+    def lazy(name):
+        def make():
+            calls.append(name)
+            return splits[name]
+        return make
+
+    p = tmp_path / "lazy.h5"
+    write_store(p, {"train": lazy("train"), "valid": splits["valid"], "test": lazy("test")}, META)
+    assert calls == ["train", "test"]
+    with StoreReader(p) as r:
+        np.testing.assert_array_equal(r.read_split("test")["audio"], splits["test"]["audio"])
+    bad = dict(splits["test"], audio=splits["test"]["audio"][:, :, :3])
+    with pytest.raises(StoreFormatError, match=r"'audio'.*split 'test'.*differs"):
+        write_store(tmp_path / "bad.h5", {"train": splits["train"], "test": lambda: bad}, META)
+    assert sorted(os.listdir(tmp_path)) == ["lazy.h5"]

@@ -13,7 +13,8 @@ import pytest
 
 from msa_fast.data import schema
 from msa_fast.data.synthetic import (CLS_ID, MOSEI_LABEL_COUNTS, PAD_ID, SEP_ID, WORDS, builtin_vocab,
-                                     label_distribution, make_synthetic, synthetic_meta)
+                                     label_distribution, make_synthetic, make_synthetic_split, synthetic_meta,
+                                     write_synthetic_store)
 
 FIXTURE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "mosei_regression_lav.csv"
 FIXTURE = Path(os.environ.get("MSA_FAST_LABEL_FIXTURE", FIXTURE))
@@ -285,3 +286,31 @@ def test_import_is_light():
             "print('h5py' in sys.modules, 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_write_synthetic_store_split_by_split(tmp_path, monkeypatch):
+    from msa_fast.data import store as st
+
+    made = []
+    real = st._validate_split
+
+    def spy(split, arrays, path, tails):
+        made.append(split)
+        return real(split, arrays, path, tails)
+
+    monkeypatch.setattr(st, "_validate_split", spy)
+    p = write_synthetic_store(tmp_path / "mosi.h5", "mosi", seed=2, scale=0.03, dtype="float16")
+    assert made == ["train", "valid", "test"]                     # produced lazily, one at a time
+    ref = make_synthetic("mosi", seed=2, scale=0.03, dtype="float16")
+    one = make_synthetic_split("mosi", "valid", seed=2, scale=0.03, dtype="float16")
+    for k in ref["valid"]:
+        np.testing.assert_array_equal(one[k], ref["valid"][k])
+    with st.StoreReader(p) as r:
+        assert r.meta["storage_dtype"] == "float16" and r.meta["meta"]["seed"] == 2
+        for s in ref:
+            got = r.read_split(s)
+            for k in ref[s]:
+                np.testing.assert_array_equal(got[k], ref[s][k], err_msg=f"{s}/{k}")
+    assert st.verify(p).ok
+    with pytest.raises(ValueError, match="unknown split 'dev'"):
+        make_synthetic_split("mosi", "dev")
