@@ -690,9 +690,9 @@ class StoreReader:
         rows in the requested order; ``keys`` restricts the arrays read (default: all present).
 
         The indices are sorted and de-duplicated once; each array is then read straight into a
-        preallocated buffer with one HDF5 read per contiguous run of rows: a single read for a
-        contiguous batch (the chunk-aligned case), one covering read when the rows are dense
-        (span <= 2 x count), else one read per run. (An HDF5 point/hyperslab-union selection,
+        preallocated buffer: a single read for a contiguous batch (the chunk-aligned case), one
+        covering read when the rows are dense (span <= 2 x count), else one raw read per touched
+        chunk (uncompressed stores) or one read per contiguous run (compressed stores). (An HDF5 point/hyperslab-union selection,
         i.e. ``dataset[sorted_indices]``, measured ~10x slower than per-run reads for 256 random
         MOSEI-shaped rows.)"""
         sel, inverse, count = self._selection(split, indices)
@@ -752,7 +752,29 @@ def _read_plan(sel) -> dict:
     starts = np.concatenate(([0], brk))
     ends = np.concatenate((brk, [sel.size]))
     runs = [(int(sel[a]), int(sel[b - 1]) + 1, int(a), int(b)) for a, b in zip(starts, ends)]
-    return {"mode": "runs", "runs": runs, "n": sel.size, "rows": (lo, hi)}
+    return {"mode": "runs", "runs": runs, "sel": sel, "n": sel.size, "rows": (lo, hi)}
+
+
+def _raw_chunks_ok(ds) -> bool:
+    """True when a chunk's stored bytes are the array bytes (no filter, little-endian fixed dtype)."""
+    return (ds.chunks is not None and ds.compression is None and not ds.shuffle and not ds.fletcher32
+            and ds.scaleoffset is None and ds.dtype.kind in "iuf" and ds.dtype.byteorder in ("<", "=")
+            and np.little_endian and not ds.id.get_create_plist().get_nfilters())
+
+
+def _read_by_chunk(ds, sel: np.ndarray, out: np.ndarray) -> None:
+    """Scattered rows of an unfiltered chunked dataset: one raw chunk read per touched chunk
+    (``read_direct_chunk`` bypasses HDF5's selection machinery and chunk cache)."""
+    c = ds.chunks[0]
+    tail = ds.shape[1:]
+    origin = (0,) * len(tail)
+    chunk = sel // c
+    bounds = np.concatenate(([0], np.flatnonzero(np.diff(chunk)) + 1, [sel.size]))
+    for g0, g1 in zip(bounds[:-1], bounds[1:]):
+        cc = int(chunk[g0])
+        _, raw = ds.id.read_direct_chunk((cc * c,) + origin)
+        rows = np.frombuffer(raw, dtype=ds.dtype).reshape((-1,) + tail)
+        np.take(rows, sel[g0:g1] - cc * c, axis=0, out=out[g0:g1])
 
 
 def _take_rows(arr: np.ndarray, plan: dict) -> np.ndarray:
@@ -787,6 +809,8 @@ def _read_rows(ds, plan: dict, is_str: bool) -> np.ndarray:
         buf = np.empty((sl.stop - sl.start,) + ds.shape[1:], dtype=ds.dtype)
         ds.read_direct(buf, sl, np.s_[0:len(buf)])
         np.take(buf, plan["take"], axis=0, out=out)
+    elif len(plan["runs"]) > 1 and _raw_chunks_ok(ds):
+        _read_by_chunk(ds, plan["sel"], out)
     else:
         for a, b, oa, ob in plan["runs"]:
             ds.read_direct(out, np.s_[a:b], np.s_[oa:ob])
