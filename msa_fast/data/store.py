@@ -415,6 +415,9 @@ def write_store(path: str | os.PathLike, splits: Mapping[str, Mapping[str, Any]]
             os.fsync(fd)
         finally:
             os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions of a new file
         os.replace(tmp, path)
     except BaseException:
         try:

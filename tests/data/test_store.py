@@ -72,6 +72,9 @@ def _expected(key, a, dtype="float32"):
 def test_round_trip_float32_exact(tmp_path, splits, compression):
     p = tmp_path / "ds.h5"
     assert write_store(p, splits, META, compression=compression) == os.fspath(p)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(p).st_mode & 0o777 == 0o666 & ~umask        # not mkstemp's 0600
     with StoreReader(p) as r:
         assert r.splits == ("train", "valid", "test")
         assert r.meta["dataset"] == "mosei" and r.meta["source"] == "unit-test"
