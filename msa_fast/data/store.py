@@ -651,6 +651,30 @@ class StoreReader:
     def chunk_rows(self, split: str, key: str) -> int:
         return int(self._dataset(split, key).chunks[0])
 
+    def check_dims(self, **expected: int | None) -> None:
+        """Raise :class:`StoreFormatError` unless the store's dims match ``expected``, e.g.
+        ``check_dims(audio=74, vision=35, text=768, text_len=50)``: ``audio``, ``vision``, ``text``
+        are feature dims (``text`` = cached text-feature width), ``text_len``, ``audio_len``,
+        ``vision_len`` the padded sequence lengths. ``None`` values are not checked. Models call
+        this with their configured dims so a mismatch names the file and the key up front."""
+        have = {**{k: v for k, v in self.meta["feature_dims"].items()},
+                **{f"{k}_len": v for k, v in self.meta["seq_lens"].items()}}
+        keys = {"audio": "audio", "vision": "vision", "text": "text_feat", "text_len": "text_ids",
+                "audio_len": "audio", "vision_len": "vision"}
+        for name, want in expected.items():
+            if name not in keys:
+                raise TypeError(f"check_dims: unknown dim {name!r} (expected one of {sorted(keys)})")
+            if want is None:
+                continue
+            got = have.get(name)
+            if got is None:
+                raise StoreFormatError(f"{self.path}: the model expects {name}={want} but the store has no "
+                                       f"{keys[name]!r} array")
+            if int(got) != int(want):
+                what = "sequence length" if name.endswith("_len") else "feature dim"
+                raise StoreFormatError(f"{self.path}: key {keys[name]!r}: {what} is {got} in the store "
+                                       f"({self.meta['dataset']}), but the model expects {want}")
+
     def _dataset(self, split: str, key: str):
         g = self._handle()[self._split(split)]
         if key not in g:

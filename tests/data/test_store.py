@@ -443,3 +443,15 @@ def test_callable_splits_are_produced_one_at_a_time(tmp_path, splits):
     with pytest.raises(StoreFormatError, match=r"'audio'.*split 'test'.*differs"):
         write_store(tmp_path / "bad.h5", {"train": splits["train"], "test": lambda: bad}, META)
     assert sorted(os.listdir(tmp_path)) == ["lazy.h5"]
+
+
+def test_check_dims_names_file_and_key(store_path):
+    with StoreReader(store_path) as r:
+        r.check_dims(audio=7, vision=5, text=16, text_len=12, audio_len=30, vision_len=20)
+        r.check_dims(audio=None)
+        with pytest.raises(StoreFormatError, match=r"ds\.h5: key 'audio': feature dim is 7 .*expects 74"):
+            r.check_dims(audio=74)
+        with pytest.raises(StoreFormatError, match=r"key 'vision': sequence length is 20 .*expects 500"):
+            r.check_dims(vision_len=500)
+        with pytest.raises(TypeError, match="unknown dim"):
+            r.check_dims(acoustic=5)
