@@ -719,9 +719,9 @@ class StoreReader:
         The indices are sorted and de-duplicated once; each array is then read straight into a
         preallocated buffer: a single read for a contiguous batch (the chunk-aligned case), one
         covering read when the rows are dense (span <= 2 x count), else one raw read per touched
-        chunk (uncompressed stores) or one read per contiguous run (compressed stores). (An HDF5 point/hyperslab-union selection,
-        i.e. ``dataset[sorted_indices]``, measured ~10x slower than per-run reads for 256 random
-        MOSEI-shaped rows.)"""
+        chunk (uncompressed stores) or one read per contiguous run (compressed stores). An HDF5
+        point/hyperslab-union selection (``dataset[sorted_indices]``) measured ~10x slower than
+        per-run reads for 256 random MOSEI-shaped rows."""
         sel, inverse, count = self._selection(split, indices)
         keys = self.keys(split) if keys is None else tuple(keys)
         plan = _read_plan(sel)

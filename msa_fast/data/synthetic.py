@@ -60,7 +60,8 @@ import numpy as np
 
 from msa_fast.data.schema import SPLITS, TEXT_FEAT_DIM, get_shape
 
-__all__ = ["make_synthetic", "make_synthetic_split", "write_synthetic_store", "synthetic_meta", "builtin_vocab", "label_distribution", "MOSEI_LABEL_COUNTS",
+__all__ = ["make_synthetic", "make_synthetic_split", "write_synthetic_store", "synthetic_meta", "builtin_vocab",
+           "label_distribution", "MOSEI_LABEL_COUNTS",
            "MOSI_LABEL_COUNTS", "SIMS_LABEL_COUNTS", "VIEW_NOISE", "WORDS", "GENERATOR_VERSION",
            "PAD_ID", "UNK_ID", "CLS_ID", "SEP_ID", "MASK_ID"]
 

@@ -59,7 +59,8 @@ def test_shapes_dtypes_and_sizes(like, aligned, scale):
     layout = schema.split_layout(like, aligned=aligned)
     for split, arrays in d.items():
         n = max(8, round(shp.split_sizes[split] * scale))
-        keys = set(schema.REQUIRED_KEYS) | ({"regression_T", "regression_A", "regression_V"} if like == "sims" else set())
+        unimodal = {"regression_T", "regression_A", "regression_V"} if like == "sims" else set()
+        keys = set(schema.REQUIRED_KEYS) | unimodal
         assert set(arrays) == keys
         for k, a in arrays.items():
             assert a.shape == (n,) + layout[k].tail, (k, a.shape)
