@@ -89,7 +89,7 @@ def supcon_loss_reference(z, labels, temperature=0.07, *, variant="out", reducti
     def zero():
         # §0.5 zero: exact 0, connected graph, zero (not None) gradient for z; NaN still propagates.
         value = C.zero_result(out_dtype, z)
-        return value.expand(N) if reduction == "none" else value
+        return value.expand(N).clone() if reduction == "none" else value
 
     # Batch gate (PML): N ≤ 1, no anchor with a positive, or no anchor with a negative → exactly 0.
     if N <= 1:
