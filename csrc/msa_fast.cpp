@@ -58,6 +58,14 @@ TORCH_LIBRARY(msa_fast, m) {
       "hard_concrete_backward(Tensor grad_z, Tensor? grad_s_bar, Tensor log_alpha, Tensor? u, "
       "Tensor? seed, float beta, float gamma, float zeta, float? threshold, bool training, "
       "float eps, str ste) -> Tensor");
+  // Supervised contrastive loss per anchor (ops.md §2), on the fused pairwise engine (§1): per-row
+  // (loss, LSE over all others, Σ or LSE over positives, positive count), fp32 [N] (fp64 for fp64 z). The public op
+  // applies the PML batch gate and reduction; backward takes the upstream weight of each row.
+  m.def("supcon_rows(Tensor z, Tensor labels, float temperature, bool variant_in, bool normalize) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("supcon_rows_backward(Tensor grad_rows, Tensor z, Tensor labels, Tensor lse_all, Tensor pos_stat, "
+        "Tensor n_pos, float temperature, bool variant_in, bool normalize) -> Tensor");
+
   m.def("hard_concrete_l0(Tensor log_alpha, float beta, float gamma, float zeta, float eps) -> Tensor");
   m.def(
       "hard_concrete_l0_backward(Tensor grad, Tensor log_alpha, float beta, float gamma, "

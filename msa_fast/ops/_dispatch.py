@@ -50,8 +50,13 @@ def triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def _why_not(backend: str, device: torch.device) -> str | None:
-    """None if `backend` can run on `device`, else the reason it cannot."""
+@torch.compiler.assume_constant_result  # registrations don't change while a graph runs; keeps fullgraph tracing
+def _has_kernel(native_op: str, key: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"msa_fast::{native_op}", key)
+
+
+def _why_not(backend: str, device: torch.device, native_op: str = "cutoff", triton_op: str | None = None) -> str | None:
+    """None if `backend` can run `native_op` (C++/CUDA) or `triton_op` on `device`, else the reason."""
     if backend == "reference":
         return None
     if backend == "cpp":
@@ -59,16 +64,22 @@ def _why_not(backend: str, device: torch.device) -> str | None:
             return _NATIVE_ERROR
         if device.type != "cpu":
             return f"the cpp backend runs on CPU tensors, got a tensor on {device}"
+        if not _has_kernel(native_op, "CPU"):
+            return f"msa_fast._C has no CPU kernel for msa_fast::{native_op} (rebuild the extension)"
         return None
     if backend == "cuda":
         if device.type != "cuda":
             return f"the cuda backend runs on CUDA tensors, got a tensor on {device}"
         if not cuda_kernels_built():
             return _NATIVE_ERROR or "msa_fast._C was built without its CUDA kernels (no nvcc or a CPU build of torch)"
+        if not _has_kernel(native_op, "CUDA"):
+            return f"msa_fast::{native_op} has no CUDA C++ kernel yet"
         return None
     if backend == "triton":
         if not triton_installed():
             return "triton is not installed"
+        if triton_op is not None and not hasattr(torch.ops.msa_fast, triton_op):
+            return f"msa_fast::{triton_op} has no Triton kernel yet"
         if device.type == "cpu" and not triton_interpreter():
             return "Triton kernels run on CPU tensors only under TRITON_INTERPRET=1 (set before importing triton)"
         if device.type not in ("cpu", "cuda"):
@@ -85,8 +96,13 @@ def available_backends(device: str | torch.device | None = None) -> list[str]:
     return [b for b in BACKENDS[1:] if any(_why_not(b, d) is None for d in devices)]
 
 
-def resolve(op: str, backend: str, tensor: torch.Tensor, *, fast_dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> str:
-    """The backend that runs `op` on `tensor`; raises RuntimeError if a forced one cannot run."""
+def resolve(op: str, backend: str, tensor: torch.Tensor, *, native_op: str, triton_op: str | None = None,
+            fast_dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> str:
+    """The backend that runs `op` on `tensor`; raises RuntimeError if a forced one cannot run.
+
+    `native_op` / `triton_op` name the kernels behind the op, so that a backend whose kernel for this
+    particular op is missing is reported as such.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"msa_fast.ops.{op}: unknown backend {backend!r}; choose one of {BACKENDS}")
     if backend == "auto":
@@ -99,10 +115,10 @@ def resolve(op: str, backend: str, tensor: torch.Tensor, *, fast_dtypes=(torch.f
             return "reference"
         candidates = ("cpp",) if device.type == "cpu" else ("triton", "cuda")
         for candidate in candidates:
-            if _why_not(candidate, device) is None:
+            if _why_not(candidate, device, native_op, triton_op) is None:
                 return candidate
         return "reference"
-    reason = _why_not(backend, device)
+    reason = _why_not(backend, device, native_op, triton_op)
     if reason is not None:
         raise RuntimeError(f"msa_fast.ops.{op}: backend {backend!r} is not available: {reason}")
     return backend

@@ -213,8 +213,7 @@ def cutoff(x, ratio, mode="feature", seed=None, lengths=None, *, padding_side="r
     Returns the cut tensor (x's shape and dtype), followed by the mask and/or seed if asked for.
     """
     _check(x, ratio, mode, lengths, padding_side, check_finite)
-    chosen = _dispatch.resolve("cutoff", backend, x,
-                               fast_dtypes=(torch.float32, torch.float16, torch.bfloat16))
+    chosen = _dispatch.resolve("cutoff", backend, x, native_op="cutoff", triton_op="cutoff_triton")
     seed = philox.seed_tensor(seed, "cutoff")
     ratio = float(ratio)
     if chosen == "reference":

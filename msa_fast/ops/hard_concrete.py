@@ -284,7 +284,8 @@ def hard_concrete(log_alpha, u=None, beta=2 / 3, gamma=-0.1, zeta=1.1, threshold
     u = _check_u(log_alpha, u)
     if check_finite or _config.check_finite_default():
         _dispatch.check_finite("hard_concrete", log_alpha=log_alpha)
-    chosen = _dispatch.resolve("hard_concrete", backend, log_alpha)
+    chosen = _dispatch.resolve("hard_concrete", backend, log_alpha, native_op="hard_concrete",
+                                triton_op="hard_concrete_triton")
     seed = philox.seed_tensor(seed, "hard_concrete") if training and u is None else None
     args = (float(beta), float(gamma), float(zeta), None if threshold is None else float(threshold), bool(training),
             float(eps), ste)
@@ -304,7 +305,8 @@ def hard_concrete_l0(log_alpha, beta=2 / 3, gamma=-0.1, zeta=1.1, *, eps=1e-6, r
     elementwise, ``'mean'`` averages. Gradient 0 where clamped.
     """
     _check_l0(log_alpha, beta, gamma, zeta, eps, reduction, check_finite or _config.check_finite_default())
-    chosen = _dispatch.resolve("hard_concrete_l0", backend, log_alpha)
+    chosen = _dispatch.resolve("hard_concrete_l0", backend, log_alpha, native_op="hard_concrete_l0",
+                                triton_op="hard_concrete_l0_triton")
     if chosen == "reference":
         return hard_concrete_l0_reference(log_alpha, beta, gamma, zeta, eps=eps, reduction=reduction)
     op = torch.ops.msa_fast.hard_concrete_l0_triton if chosen == "triton" else torch.ops.msa_fast.hard_concrete_l0

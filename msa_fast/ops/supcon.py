@@ -5,15 +5,20 @@ https://github.com/KevinMusgrave/pytorch-metric-learning, ``losses/supcon_loss.p
 Khosla et al. 2020 Eq. 2 (``L_out``, the sum over positives outside the log), plus MMCL's Eq. 8
 (``L_in``, the sum inside the log) as ``variant='in'``.
 
-This file holds the reference (the spec, dense ``N × N`` PyTorch autograd). The fused tile kernels
-(ops.md §1) and the public op ``supcon_loss`` come with the engine.
+Side by side: the reference (the spec, dense ``N × N`` PyTorch autograd), the registrations of the
+fused per-row op ``msa_fast::supcon_rows`` (C++: csrc/cpu/supcon.cpp; Triton: kernels/supcon.py) and
+the public :func:`supcon_loss`, which applies PML's batch gate and reducer to the fused per-row losses
+without a host sync.
 """
 
 from __future__ import annotations
 
 import torch
 
+import importlib.util
+
 from msa_fast.ops import _contrastive as C
+from msa_fast.ops import _dispatch
 
 OP = "supcon_loss"
 VARIANTS = ("out", "in")
@@ -116,3 +121,118 @@ def supcon_loss_reference(z, labels, temperature=0.07, *, variant="out", reducti
     if count == 0:
         return zero()
     return per_anchor.sum() / count
+
+
+# ----------------------------------------------------------------------------------------------
+# Fused per-row op: fake tensors, autograd, Triton twin.
+
+
+def _rows_fake(z, labels, temperature, variant_in, normalize):
+    n = z.shape[0]
+    dtype = C.compute_dtype(z.dtype)
+    return tuple(z.new_empty(n, dtype=dtype) for _ in range(4))
+
+
+def _rows_backward_fake(grad_rows, z, labels, lse_all, pos_stat, n_pos, temperature, variant_in, normalize):
+    return torch.empty_like(z, memory_format=torch.contiguous_format)
+
+
+def _rows_setup_context(ctx, inputs, output):
+    z, labels, ctx.temperature, ctx.variant_in, ctx.normalize = inputs
+    _, lse_all, pos_stat, n_pos = output
+    ctx.mark_non_differentiable(lse_all, pos_stat, n_pos)
+    ctx.save_for_backward(z, labels, lse_all, pos_stat, n_pos)
+
+
+def _rows_backward_with(backward_op):
+    def backward(ctx, grad_rows, _lse, _pos, _n):
+        z, labels, lse_all, pos_stat, n_pos = ctx.saved_tensors
+        dz = backward_op(grad_rows, z, labels, lse_all, pos_stat, n_pos, ctx.temperature, ctx.variant_in,
+                         ctx.normalize)
+        return dz, None, None, None, None
+
+    return backward
+
+
+if _dispatch.native_built():
+    torch.library.register_fake("msa_fast::supcon_rows", _rows_fake)
+    torch.library.register_fake("msa_fast::supcon_rows_backward", _rows_backward_fake)
+    torch.library.register_autograd("msa_fast::supcon_rows",
+                                    _rows_backward_with(torch.ops.msa_fast.supcon_rows_backward.default),
+                                    setup_context=_rows_setup_context)
+
+if importlib.util.find_spec("msa_fast.kernels.supcon") is not None:
+
+    @torch.library.triton_op("msa_fast::supcon_rows_triton", mutates_args=())
+    def _supcon_rows_triton(z: torch.Tensor, labels: torch.Tensor, temperature: float, variant_in: bool,
+                            normalize: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        from msa_fast.kernels.supcon import supcon_rows_forward
+
+        return supcon_rows_forward(z, labels, temperature, variant_in, normalize)
+
+    @torch.library.triton_op("msa_fast::supcon_rows_backward_triton", mutates_args=())
+    def _supcon_rows_backward_triton(grad_rows: torch.Tensor, z: torch.Tensor, labels: torch.Tensor,
+                                     lse_all: torch.Tensor, pos_stat: torch.Tensor, n_pos: torch.Tensor,
+                                     temperature: float, variant_in: bool, normalize: bool) -> torch.Tensor:
+        from msa_fast.kernels.supcon import supcon_rows_backward
+
+        return supcon_rows_backward(grad_rows, z, labels, lse_all, pos_stat, n_pos, temperature, variant_in,
+                                    normalize)
+
+    torch.library.register_autograd("msa_fast::supcon_rows_triton",
+                                    _rows_backward_with(torch.ops.msa_fast.supcon_rows_backward_triton.default),
+                                    setup_context=_rows_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public op.
+
+
+def _reduce(loss_rows: torch.Tensor, n_pos: torch.Tensor, z: torch.Tensor, reduction: str) -> torch.Tensor:
+    """PML's batch gate and reducer on the per-anchor losses, as tensor ops (no host sync)."""
+    N = z.shape[0]
+    has_pos = n_pos > 0
+    # Gate: some anchor has a positive and some anchor has a negative (not all labels equal); N = 1
+    # fails the first test. Failing batches give the §0.5 zero.
+    gate = has_pos.any() & (n_pos < N - 1).any()
+    zero = C.zero_result(loss_rows.dtype, z)
+    if reduction == "none":
+        return torch.where(gate, loss_rows, zero)
+    total = loss_rows.sum()
+    if reduction == "sum":
+        return torch.where(gate, total, zero)
+    if reduction == "mean_pos":
+        return torch.where(gate, total / has_pos.sum().clamp_min(1), zero)
+    # 'pml': AvgNonZeroReducer — strictly positive per-anchor losses counted in fp32; the count is a
+    # constant for autograd.
+    count = (loss_rows.detach().to(torch.float32) > 0).sum()
+    return torch.where(gate & (count > 0), total / count.clamp_min(1), zero)
+
+
+def supcon_loss(z, labels, temperature=0.07, *, variant="out", reduction="pml", normalize=True, check_finite=False,
+                backend="auto"):
+    """Supervised contrastive loss (PML semantics; MMCL Eq. 8 with ``variant='in'``), fused: ops.md §2.
+
+    Args:
+        z: ``[N, D]`` features, fp32/fp16/bf16 (fp64 runs on the reference under ``auto``).
+        labels: ``[N]`` int32/int64/bool class ids compared by equality (discretise continuous labels).
+        temperature: τ > 0 (0.07 by default; logits reach ±1/τ).
+        variant: ``'out'`` (positives averaged outside the log, PML / Khosla L_out) or ``'in'``.
+        reduction: ``'pml'`` (mean over strictly positive per-anchor losses), ``'mean_pos'``, ``'sum'``
+            or ``'none'`` (``[N]``).
+        normalize: cosine similarity (default) or raw dot products.
+        check_finite: raise ValueError on NaN/Inf in z (also ``MSA_FAST_CHECK_FINITE=1``); otherwise a
+            NaN row makes the loss NaN.
+        backend: ``'auto'``, ``'reference'``, ``'cpp'``, ``'triton'`` or ``'cuda'``.
+
+    Returns an fp32 scalar (``[N]`` for ``'none'``). Memory: O(N·D) — the N × N similarities are
+    computed slab by slab and recomputed in backward, never stored.
+    """
+    _check(z, labels, temperature, variant, reduction, check_finite)
+    chosen = _dispatch.resolve(OP, backend, z, native_op="supcon_rows", triton_op="supcon_rows_triton")
+    if chosen == "reference":
+        return supcon_loss_reference(z, labels, temperature, variant=variant, reduction=reduction,
+                                     normalize=normalize)
+    op = torch.ops.msa_fast.supcon_rows_triton if chosen == "triton" else torch.ops.msa_fast.supcon_rows
+    loss_rows, _, _, n_pos = op(z, labels.to(torch.int64), float(temperature), variant == "in", bool(normalize))
+    return _reduce(loss_rows, n_pos, z, reduction)

@@ -7,13 +7,13 @@ import torch
 from msa_fast.ops import _dispatch
 
 
-def fast_backends() -> list:
+def fast_backends(native_op: str = "cutoff", triton_op: str | None = None) -> list:
     pairs = [("cpp", "cpu"), ("triton", "cpu")]
     if torch.cuda.is_available():
         pairs += [("cuda", "cuda"), ("triton", "cuda")]
     params = []
     for backend, device in pairs:
-        reason = _dispatch._why_not(backend, torch.device(device))
+        reason = _dispatch._why_not(backend, torch.device(device), native_op, triton_op)
         marks = [pytest.mark.skip(reason=reason)] if reason else []
         if backend == "triton":
             marks.append(pytest.mark.triton)

@@ -337,3 +337,152 @@ def test_errors():
 
 def test_public_reference_name():
     assert reference.supcon_loss is supcon_loss_reference
+
+
+# ==================================================================================================
+# Fused backends (C++ CPU on the engine of ops.md §1; Triton under the interpreter; CUDA on a GPU)
+# against the reference: values, gradients, edge cases, opcheck, torch.compile.
+
+import msa_fast.ops as ops  # noqa: E402
+from tests.ops.backends import fast_backends  # noqa: E402
+
+FUSED = fast_backends("supcon_rows", "supcon_rows_triton")
+FP32_TOL = dict(rtol=1e-5, atol=1e-6)
+FP32_GRAD_TOL = dict(rtol=1e-4, atol=1e-5)
+
+
+def fused_and_reference(z, labels, backend, **kw):
+    z1 = z.detach().clone().requires_grad_()
+    z2 = z.detach().clone().requires_grad_()
+    a = ops.supcon_loss(z1, labels, backend=backend, **kw)
+    b = supcon_loss_reference(z2, labels, **kw)
+    w = torch.randn_like(a) if a.dim() else torch.tensor(1.7)
+    (ga,) = torch.autograd.grad((a * w).sum(), z1)
+    (gb,) = torch.autograd.grad((b * w).sum(), z2)
+    return a, b, ga, gb
+
+
+@pytest.mark.parametrize("backend, device", FUSED)
+@pytest.mark.parametrize("N, D", [(2, 3), (3, 1), (17, 50), (63, 8), (65, 33), (127, 16)])
+@pytest.mark.parametrize("variant", ["out", "in"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_fused_matches_reference(backend, device, N, D, variant, reduction):
+    if backend == "triton" and N > 65:
+        pytest.skip("interpreter: tiny shapes only")
+    z = torch.randn(N, D, device=device)
+    labels = torch.randint(0, max(2, N // 5), (N,), device=device)
+    a, b, ga, gb = fused_and_reference(z, labels, backend, variant=variant, reduction=reduction)
+    assert a.dtype == torch.float32
+    torch.testing.assert_close(a, b, **FP32_TOL)
+    torch.testing.assert_close(ga, gb, **FP32_GRAD_TOL)
+
+
+@pytest.mark.parametrize("backend, device", [p for p in FUSED if p.values[0] != "triton"])
+@pytest.mark.parametrize("N, D", [(1000, 384), (4097, 3), (1025, 768)])
+def test_fused_large_and_odd(backend, device, N, D):
+    z = torch.randn(N, D, device=device)
+    labels = torch.randint(0, 7, (N,), device=device)
+    for variant in ("out", "in"):
+        a, b, ga, gb = fused_and_reference(z, labels, backend, variant=variant)
+        torch.testing.assert_close(a, b, **FP32_TOL)
+        torch.testing.assert_close(ga, gb, **FP32_GRAD_TOL)
+
+
+@pytest.mark.parametrize("backend, device", FUSED)
+@pytest.mark.parametrize("tau", [0.01, 0.07, 1.0])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_fused_temperatures_and_raw_dots(backend, device, tau, normalize):
+    z = torch.randn(33, 12, device=device) * (0.3 if not normalize else 1.0)
+    labels = torch.randint(0, 4, (33,), device=device)
+    a, b, ga, gb = fused_and_reference(z, labels, backend, temperature=tau, normalize=normalize)
+    torch.testing.assert_close(a, b, **FP32_TOL)
+    torch.testing.assert_close(ga, gb, **FP32_GRAD_TOL)
+
+
+@pytest.mark.parametrize("backend, device", FUSED)
+@pytest.mark.parametrize("case", ["N=1", "all distinct", "single class"])
+def test_fused_gate_zero_with_zero_gradient(backend, device, case):
+    N = 1 if case == "N=1" else 9
+    labels = {"N=1": torch.zeros(1), "all distinct": torch.arange(9), "single class": torch.zeros(9)}[case]
+    z = torch.randn(N, 5, device=device, requires_grad=True)
+    for reduction in REDUCTIONS:
+        loss = ops.supcon_loss(z, labels.long().to(device), reduction=reduction, backend=backend)
+        assert (loss == 0).all()
+        (grad,) = torch.autograd.grad(loss.sum(), z)
+        assert grad is not None and (grad == 0).all()
+
+
+@pytest.mark.parametrize("backend, device", FUSED)
+def test_fused_mixed_case_and_zero_row(backend, device):
+    z = torch.randn(4, 6, device=device)
+    z[2] = 0
+    labels = torch.tensor([0, 0, 1, 2], device=device)
+    a, b, ga, gb = fused_and_reference(z, labels, backend, reduction="none")
+    torch.testing.assert_close(a, b, **FP32_TOL)
+    assert a[2:].tolist() == [0.0, 0.0] and (ga[2] == 0).all()
+    torch.testing.assert_close(ga, gb, **FP32_GRAD_TOL)
+
+
+@pytest.mark.parametrize("backend, device", FUSED)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fused_low_precision(backend, device, dtype):
+    z = torch.randn(40, 24, device=device).to(dtype)
+    labels = torch.randint(0, 5, (40,), device=device)
+    a, b, ga, gb = fused_and_reference(z, labels, backend)
+    assert a.dtype == torch.float32 and ga.dtype == dtype
+    torch.testing.assert_close(a, b, rtol=5e-2, atol=1e-2)
+    torch.testing.assert_close(ga.float(), gb.float(), rtol=5e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("backend, device", FUSED)
+def test_fused_nan_row_propagates(backend, device):
+    z = torch.randn(10, 4, device=device)
+    z[3, 1] = float("nan")
+    assert ops.supcon_loss(z, torch.randint(0, 3, (10,), device=device), backend=backend).isnan()
+
+
+@pytest.mark.parametrize("backend, device", [p for p in FUSED if p.values[0] != "triton"])
+def test_fused_gradcheck_fp64(backend, device):
+    z = torch.randn(9, 4, dtype=torch.float64, device=device, requires_grad=True)
+    labels = torch.tensor([0, 0, 1, 1, 1, 2, 3, 3, 0], device=device)
+    for variant in ("out", "in"):
+        for reduction in ("mean_pos", "none"):
+            assert torch.autograd.gradcheck(
+                lambda t: ops.supcon_loss(t, labels, 0.5, variant=variant, reduction=reduction, backend=backend), (z,))
+
+
+def test_fused_opcheck():
+    z = torch.randn(13, 7, requires_grad=True)
+    labels = torch.randint(0, 3, (13,))
+    for variant_in in (False, True):
+        torch.library.opcheck(torch.ops.msa_fast.supcon_rows.default, (z, labels, 0.1, variant_in, True))
+    torch.library.opcheck(torch.ops.msa_fast.supcon_rows.default, (z, labels, 0.3, False, False))
+
+
+def test_fused_torch_compile_fullgraph():
+    def f(z, labels):
+        return ops.supcon_loss(z, labels, backend="cpp") + ops.supcon_loss(z, labels, variant="in", backend="cpp")
+
+    z = torch.randn(21, 8, requires_grad=True)
+    labels = torch.randint(0, 3, (21,))
+    out = torch.compile(f, fullgraph=True)(z, labels)
+    (grad,) = torch.autograd.grad(out, z)
+    z2 = z.detach().clone().requires_grad_()
+    out2 = f(z2, labels)
+    (grad2,) = torch.autograd.grad(out2, z2)
+    torch.testing.assert_close(out, out2)
+    torch.testing.assert_close(grad, grad2)
+
+
+def test_fused_auto_and_errors():
+    z = torch.randn(8, 3)
+    labels = torch.randint(0, 2, (8,))
+    torch.testing.assert_close(ops.supcon_loss(z, labels), ops.supcon_loss(z, labels, backend="cpp"))
+    with pytest.raises(ValueError, match=r"supcon_loss: z is empty \(shape \(0, 128\)\)"):
+        ops.supcon_loss(torch.randn(0, 128), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(TypeError, match="discretise"):
+        ops.supcon_loss(z, labels.float())
+    with pytest.raises(RuntimeError, match="cuda.*not available"):
+        ops.supcon_loss(z, labels, backend="cuda")
+    with pytest.raises(ValueError, match=r"labels must be \[N\]"):
+        torch.ops.msa_fast.supcon_rows(z, labels[:3], 0.1, False, True)

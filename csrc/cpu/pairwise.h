@@ -1,0 +1,90 @@
+// The CPU side of the fused masked pairwise-similarity engine (ops.md §1), shared by the contrastive
+// kernels in csrc/cpu/ (supcon.cpp, ...).
+//
+// Design: rows are processed in blocks of BM. For each block one BLAS GEMM writes the BM × M slab of
+// similarities (never the N × M matrix: the slab is capped at a few MiB, so it stays in cache), then
+// each loss runs its epilogue on the slab rows in parallel: masks and weights from per-row metadata,
+// online statistics, and in backward the pair gradients dS, written back into the slab so that two
+// more GEMMs give dX and dY. Epilogue loops are plain float loops over one slab row, compiled for
+// AVX-512, AVX2 and baseline x86-64 with runtime selection (target_clones), with a branch-free exp
+// that the compiler vectorises.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__CUDACC__)
+#define MSA_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2,fma", "default")))
+#else
+#define MSA_VECTOR_CLONES
+#endif
+
+namespace msa_fast {
+namespace pairwise {
+
+constexpr float kNormEps = 1e-12f;  // n(x) = x / max(‖x‖, 1e-12), ops.md preamble
+constexpr int64_t kSlabBytes = int64_t(4) << 20;
+
+// exp(x) for float, branch-free so loops over it vectorise: Cody–Waite reduction x = k·ln2 + r and
+// the Cephes degree-6 polynomial for e^r (max relative error ≈ 2 ulp); exact 0 below −87.3 and +inf
+// above 88.7; NaN propagates.
+inline float fast_exp(float x) {
+  const float clamped = std::min(std::max(x, -87.33654f), 88.72283f);
+  // Round to nearest with the 1.5·2²³ trick (vectorises everywhere, unlike nearbyint's libm call).
+  const float k = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = clamped - k * 0.693359375f;
+  r = r - k * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t bits;
+  const int32_t e = static_cast<int32_t>(k) + 127;
+  bits = e << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  float result = p * scale;
+  result = x < -87.33654f ? 0.0f : result;
+  result = x > 88.72283f ? std::numeric_limits<float>::infinity() : result;
+  return x != x ? x : result;
+}
+
+inline double fast_exp(double x) { return std::exp(x); }
+
+// Rows of a block such that the BM × M slab stays within kSlabBytes (at least 8 rows, at most rows).
+inline int64_t block_rows(int64_t rows, int64_t cols, int64_t elem_bytes) {
+  const int64_t bm = kSlabBytes / std::max<int64_t>(cols * elem_bytes, 1);
+  return std::min(rows, std::max<int64_t>(8, bm));
+}
+
+// u = n(x) row-wise (or x itself), in the compute dtype, with the norms kept for backward.
+struct Normalized {
+  at::Tensor u;         // [N, D] compute dtype, contiguous
+  at::Tensor inv_norm;  // [N] 1 / max(‖x‖, eps), 0 for zero rows (their gradient is 0, ops.md §1)
+};
+
+inline Normalized normalize_rows(const at::Tensor& x, at::ScalarType compute, bool normalize) {
+  at::Tensor xc = x.to(compute).contiguous();
+  if (!normalize) return {xc, at::Tensor()};
+  at::Tensor norm = at::linalg_vector_norm(xc, 2, {1}, /*keepdim=*/true);
+  at::Tensor inv = norm.clamp_min(kNormEps).reciprocal() * (norm != 0);
+  return {xc * inv, inv.squeeze(1)};
+}
+
+// dx = (du − u (u·du)) / max(‖x‖, eps): back through n(·) (ops.md §1), zero-norm rows get 0.
+inline at::Tensor normalize_backward(const at::Tensor& du, const Normalized& n) {
+  if (!n.inv_norm.defined()) return du;
+  at::Tensor dot = (n.u * du).sum(1, /*keepdim=*/true);
+  return (du - n.u * dot) * n.inv_norm.unsqueeze(1);
+}
+
+}  // namespace pairwise
+}  // namespace msa_fast
