@@ -66,6 +66,37 @@ TORCH_LIBRARY(msa_fast, m) {
   m.def("supcon_rows_backward(Tensor grad_rows, Tensor z, Tensor labels, Tensor lse_all, Tensor pos_stat, "
         "Tensor n_pos, float temperature, bool variant_in, bool normalize) -> Tensor");
 
+  // InfoNCE per query (ops.md §3): a_ij = q̂_i·k̂_j/τ, b_ij = q̂_i·q̂_j/τ; lse_i = LSE_j a_ij ('keys') or
+  // LSE({a_ii} ∪ {b_ij : j ≠ i}) ('queries'); loss_i = lse_i − a_ii. Returns (loss_rows, lse).
+  m.def("info_nce_rows(Tensor q, Tensor k, float temperature, bool negatives_queries, bool normalize) "
+        "-> (Tensor, Tensor)");
+  m.def("info_nce_rows_backward(Tensor grad_rows, Tensor q, Tensor k, Tensor lse, float temperature, "
+        "bool negatives_queries, bool normalize) -> (Tensor, Tensor)");
+
+  // Uniformity per row (ops.md §6): lse_i = LSE_{j ≠ i} (−κ‖p̂_i − ĝ_j‖²), d² = ‖p̂‖² + ‖ĝ‖² − 2p̂·ĝ ≥ 0.
+  m.def("uniform_rows(Tensor p, Tensor g, float kappa, bool normalize) -> Tensor");
+  m.def("uniform_rows_backward(Tensor grad_rows, Tensor p, Tensor g, Tensor lse_rows, float kappa, "
+        "bool normalize) -> (Tensor, Tensor)");
+
+  // HyCon per-anchor pair sums (ops.md §4) over the 3K rows x = [z_l; z_a; z_v] (normalised in-kernel),
+  // classes [K] int64 (−1 = dropped by drop_zero: neither anchor nor candidate of IAMCL/IEMCL).
+  // stats [3K, 7] = (Σ_Pos1 f(s), Σ_Neg1 f(s), Σ_Pos1 (s − 1)²) over the same view, then
+  // (Σ_Pos f(s), Σ_Neg f(s), Σ_Pos (s − α)²) over the other views, then SCL's Σ_{m′≠m} (s − α)² of the
+  // same sample; f = transform ('cos', 'cos01', 'exp_tau'). Differentiable sums: the loss is composed
+  // from them in PyTorch.
+  m.def("hycon_rows(Tensor x, Tensor classes, float alpha, str transform, float tau) -> Tensor");
+  m.def("hycon_rows_backward(Tensor grad_stats, Tensor x, Tensor classes, float alpha, str transform, "
+        "float tau) -> Tensor");
+
+  // MGCL per macro row (ops.md §5): rows = macro [3B, d] stacked (T, V, A), columns = macro and micro
+  // [3B, d]; pair sets C1/C2/C3 and weights W± from fp32 label distances in-kernel. Returns
+  // (LSE over positives, LSE over positives ∪ negatives) of λ = W·sim/τ per row, fp32 [3B].
+  m.def("mgcl_rows(Tensor macro, Tensor micro, Tensor y, float delta, float tau, float label_scale, "
+        "str pos_weight, str neg_weight, float gain, bool ordered6, bool normalize) -> (Tensor, Tensor)");
+  m.def("mgcl_rows_backward(Tensor grad_lse_pos, Tensor grad_lse_all, Tensor macro, Tensor micro, Tensor y, "
+        "Tensor lse_pos, Tensor lse_all, float delta, float tau, float label_scale, str pos_weight, "
+        "str neg_weight, float gain, bool ordered6, bool normalize) -> (Tensor, Tensor)");
+
   m.def("hard_concrete_l0(Tensor log_alpha, float beta, float gamma, float zeta, float eps) -> Tensor");
   m.def(
       "hard_concrete_l0_backward(Tensor grad, Tensor log_alpha, float beta, float gamma, "
