@@ -1,0 +1,314 @@
+"""Device helpers and launch plumbing shared by the per-row contrastive kernels (supcon, info_nce, uniform).
+
+ops.md §1: tiles of ``BLOCK_M`` owned rows × ``BLOCK_N`` streamed rows, a loop over D in ``BLOCK_D`` chunks
+(any D, ragged edges masked), fp32 accumulation (fp64 for fp64 inputs), int64 offsets, and ``tl.dot`` with an
+explicit ``input_precision`` constexpr. The ``N × M`` similarity never leaves registers.
+
+* **Normalisation without a second pass over memory.** ``u = n(x)`` is never written: a tile's similarity is
+  the raw dot product scaled by the two inverse norms, ``u_i·u_j = (x_i·x_j)·r_i·r_j`` with
+  ``r = 1/max(‖x‖, 1e-12)``. The owned rows' norms come from a prologue loop over D; the streamed rows' norms
+  are summed from the very tiles the dot product loads. An all-zero row has ``x·y = 0``, hence ``s = 0``, as
+  ``n(0) = 0``. fp16/bf16 operands are widened to fp32 exactly, so the raw dot product is also exact under
+  TF32 (10 mantissa bits hold fp16 and bf16 values).
+* **Backward by recomputation, no atomics.** A backward kernel owns a block of rows *and* a chunk of
+  ``BLOCK_DO`` features (grid ``(row blocks, D chunks)``), rebuilds each similarity tile over the whole of D,
+  forms the tile's ``dS`` and accumulates ``dS·Ŷ[:, chunk]`` in registers, then writes its ``[BLOCK_M,
+  BLOCK_DO]`` block of a fp32 buffer once. Row-owned and column-owned launches of the same kernel give
+  ``dX̂`` and ``dŶ``. :func:`_finish_kernel` then adds the buffers and goes back through the normalisation,
+  ``dx = (dx̂ − x̂ (x̂·dx̂)) / max(‖x‖, 1e-12)``, with a zero gradient for zero-norm rows and no projection
+  for rows with ``0 < ‖x‖ < 1e-12`` (the clamp is active there), exactly like the reference
+  ``msa_fast.ops._contrastive.normalize_rows``.
+* Scalars (τ, κ) travel as the int64 bit patterns of Python doubles and are rounded to the compute type in the
+  kernel, as in ``kernels/hard_concrete.py``: Triton float arguments are fp32, which would cost the fp64
+  path its precision.
+* bf16 tensors are moved as int16 bit patterns (exact widening; round-to-nearest-even narrowing), because the
+  interpreter mishandles bf16 loads and its own fp32 → bf16 cast truncates.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import torch
+import triton
+import triton.language as tl
+
+from ._autotune import INTERPRETER, autotune
+
+NORM_EPS = 1e-12
+
+# Configs of the forward kernels (BLOCK_M × BLOCK_N tiles, BLOCK_D chunks of the D loop). The first one is
+# what runs with MSA_FAST_AUTOTUNE=0 and under the interpreter: small, so that ragged edges and several tiles
+# are exercised at test shapes.
+FWD_CONFIGS = [
+    triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_D": 16}, num_warps=2),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": 32}, num_warps=4),
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_D": 64}, num_warps=4),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_D": 32}, num_warps=8),
+]
+
+# Configs of the backward kernels: BLOCK_DO is the width of the feature chunk a program owns.
+BWD_CONFIGS = [
+    triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_D": 16, "BLOCK_DO": 32}, num_warps=2),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": 32, "BLOCK_DO": 64}, num_warps=4),
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_D": 64, "BLOCK_DO": 128}, num_warps=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_D": 32, "BLOCK_DO": 128}, num_warps=8),
+]
+
+FINISH_CONFIGS = [
+    triton.Config({"BLOCK_M": 16, "BLOCK_D": 16}, num_warps=2),
+    triton.Config({"BLOCK_M": 16, "BLOCK_D": 128}, num_warps=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_D": 64}, num_warps=4),
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Device helpers.
+
+
+@triton.jit
+def param(bits, CT: tl.constexpr):
+    """A Python double passed as its int64 bit pattern, rounded to the compute type."""
+    return bits.to(tl.int64).to(tl.float64, bitcast=True).to(CT)
+
+
+@triton.jit
+def load(ptr, offs, mask, CT: tl.constexpr, BF16: tl.constexpr):
+    """Masked load (0 outside) widened to the compute type; bf16 comes as int16 bit patterns."""
+    if BF16:
+        raw = tl.load(ptr + offs, mask=mask, other=0)
+        return (raw.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True).to(CT)
+    else:
+        return tl.load(ptr + offs, mask=mask, other=0).to(CT)
+
+
+@triton.jit
+def store(ptr, offs, v, mask, BF16: tl.constexpr):
+    """Store in the pointer's dtype; bf16 as round-to-nearest-even int16 bit patterns (NaN → 0x7FC0)."""
+    if BF16:
+        w = v.to(tl.float32).to(tl.uint32, bitcast=True)
+        rounded = (w + (((w >> 16) & 1) + 0x7FFF)) >> 16
+        h = tl.where(v != v, 0x7FC0, rounded)
+        tl.store(ptr + offs, h.to(tl.uint16).to(tl.int16, bitcast=True), mask=mask)
+    else:
+        tl.store(ptr + offs, v.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def div(a, b, CT: tl.constexpr):
+    """IEEE division (round to nearest) in the compute type."""
+    if CT == tl.float32:
+        return tl.div_rn(a, b)
+    else:
+        return a / b
+
+
+@triton.jit
+def norm_of(ss, CT: tl.constexpr):
+    """‖x‖ from Σx² (IEEE square root in fp32)."""
+    if CT == tl.float32:
+        return tl.sqrt_rn(ss)
+    else:
+        return tl.sqrt(ss)
+
+
+@triton.jit
+def rinv_of(ss, CT: tl.constexpr):
+    """1 / max(‖x‖, 1e-12) from Σx² (IEEE sqrt and division in fp32); NaN stays NaN (a select, not a maximum)."""
+    if CT == tl.float32:
+        nrm = tl.sqrt_rn(ss)
+        return tl.div_rn(tl.full(ss.shape, 1, CT), tl.where(nrm < 1e-12, 1e-12, nrm).to(CT))
+    else:
+        nrm = tl.sqrt(ss)
+        return 1.0 / tl.where(nrm < 1e-12, 1e-12, nrm).to(CT)
+
+
+@triton.jit
+def row_sumsq(x_ptr, rows, row_ok, D, CT: tl.constexpr, BF16: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_D: tl.constexpr):
+    """Σ_d x[rows, d]² over the whole of D (the prologue of the owned rows)."""
+    ss = tl.zeros([BLOCK_M], dtype=CT)
+    for d0 in range(0, D, BLOCK_D):
+        d = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+        x = tl.load(x_ptr + (rows[:, None] * D + d[None, :]), mask=row_ok[:, None] & (d < D)[None, :], other=0)
+        if BF16:
+            x = (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+        x = x.to(CT)
+        ss += tl.sum(x * x, axis=1)
+    return ss
+
+
+@triton.jit
+def row_pair_sums(x_ptr, y_ptr, rows, row_ok, D, CT: tl.constexpr, BF16: tl.constexpr, BLOCK_M: tl.constexpr,
+                  BLOCK_D: tl.constexpr):
+    """(Σ x², Σ y², Σ x·y) over the rows ``rows`` of two [N, D] tensors."""
+    sx = tl.zeros([BLOCK_M], dtype=CT)
+    sy = tl.zeros([BLOCK_M], dtype=CT)
+    sxy = tl.zeros([BLOCK_M], dtype=CT)
+    for d0 in range(0, D, BLOCK_D):
+        d = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+        offs = rows[:, None] * D + d[None, :]
+        m = row_ok[:, None] & (d < D)[None, :]
+        x = load(x_ptr, offs, m, CT, BF16)
+        y = load(y_ptr, offs, m, CT, BF16)
+        sx += tl.sum(x * x, axis=1)
+        sy += tl.sum(y * y, axis=1)
+        sxy += tl.sum(x * y, axis=1)
+    return sx, sy, sxy
+
+
+@triton.jit
+def tile_dot(x_ptr, y_ptr, rows, row_ok, cols, col_ok, D, CT: tl.constexpr, BF16: tl.constexpr,
+             IP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """(x[rows]·y[cols]ᵀ [BLOCK_M, BLOCK_N], Σ_d y[cols, d]² [BLOCK_N]) with a loop over D in BLOCK_D chunks.
+
+    The loads are written out rather than calling :func:`load`: every nested jit call costs a
+    re-patching of ``triton.language`` under the interpreter, and this loop is the hot one.
+    """
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=CT)
+    ss = tl.zeros([BLOCK_N], dtype=CT)
+    for d0 in range(0, D, BLOCK_D):
+        d = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+        d_ok = d < D
+        x = tl.load(x_ptr + (rows[:, None] * D + d[None, :]), mask=row_ok[:, None] & d_ok[None, :], other=0)
+        yt = tl.load(y_ptr + (cols[None, :] * D + d[:, None]), mask=col_ok[None, :] & d_ok[:, None], other=0)
+        if BF16:  # int16 bit patterns of bf16: widen exactly
+            x = (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+            yt = (yt.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+        x = x.to(CT)
+        yt = yt.to(CT)
+        acc = tl.dot(x, yt, acc, input_precision=IP)
+        ss += tl.sum(yt * yt, axis=0)
+    return acc, ss
+
+
+@triton.jit
+def lse_update(m, l, s, keep):
+    """One online log-sum-exp step over the kept entries of a [BLOCK_M, BLOCK_N] tile (running max m, sum l).
+
+    A NaN kept entry makes l NaN whatever the max does with it (GPU maxima drop NaN, numpy's keep it).
+    """
+    sm = tl.where(keep, s, float("-inf"))
+    m_new = tl.maximum(m, tl.max(sm, axis=1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new).to(m.dtype)
+    p = tl.exp(tl.where(keep, s - m_safe[:, None], float("-inf")))
+    l = l * tl.exp(m - m_safe) + tl.sum(p, axis=1)
+    return m_new, l
+
+
+@triton.jit
+def lse_finish(m, l):
+    """log-sum-exp from (m, l): −inf over an empty set, NaN if a NaN entered l."""
+    empty = (l == 0) & (m == float("-inf"))
+    return tl.where(empty, float("-inf"), m + tl.log(tl.where(empty, 1.0, l).to(l.dtype)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Epilogue: dx from the fp32 buffers dx̂ = a (+ b), back through n(·) if NORMALIZE.
+
+
+@autotune(FINISH_CONFIGS, key=["N", "D"])
+@triton.jit
+def finish_kernel(x_ptr, a_ptr, b_ptr, out_ptr, N, D, HAS_B: tl.constexpr, NORMALIZE: tl.constexpr,
+                  BF16: tl.constexpr, FP64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    CT: tl.constexpr = tl.float64 if FP64 else tl.float32
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < N
+    if NORMALIZE:
+        # Pass 1: Σx² and x·dx̂.
+        ss = tl.zeros([BLOCK_M], dtype=CT)
+        xd = tl.zeros([BLOCK_M], dtype=CT)
+        for d0 in range(0, D, BLOCK_D):
+            d = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+            offs = rows[:, None] * D + d[None, :]
+            m = row_ok[:, None] & (d < D)[None, :]
+            x = load(x_ptr, offs, m, CT, BF16)
+            g = tl.load(a_ptr + offs, mask=m, other=0).to(CT)
+            if HAS_B:
+                g += tl.load(b_ptr + offs, mask=m, other=0).to(CT)
+            ss += tl.sum(x * x, axis=1)
+            xd += tl.sum(x * g, axis=1)
+        nrm = norm_of(ss, CT)
+        r = rinv_of(ss, CT)
+        # dx = (dx̂ − x̂ (x̂·dx̂))·r = dx̂·r − x·(r³ x·dx̂); the projection only where the clamp is inactive.
+        proj = tl.where(nrm >= 1e-12, xd * r * r, 0.0).to(CT)
+        keep = nrm != 0  # zero rows: zero gradient; NaN rows stay NaN
+        for d0 in range(0, D, BLOCK_D):
+            d = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+            offs = rows[:, None] * D + d[None, :]
+            m = row_ok[:, None] & (d < D)[None, :]
+            x = load(x_ptr, offs, m, CT, BF16)
+            g = tl.load(a_ptr + offs, mask=m, other=0).to(CT)
+            if HAS_B:
+                g += tl.load(b_ptr + offs, mask=m, other=0).to(CT)
+            dx = tl.where(keep[:, None], (g - x * proj[:, None]) * r[:, None], 0.0)
+            store(out_ptr, offs, dx, m, BF16)
+    else:
+        for d0 in range(0, D, BLOCK_D):
+            d = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+            offs = rows[:, None] * D + d[None, :]
+            m = row_ok[:, None] & (d < D)[None, :]
+            g = tl.load(a_ptr + offs, mask=m, other=0).to(CT)
+            if HAS_B:
+                g += tl.load(b_ptr + offs, mask=m, other=0).to(CT)
+            store(out_ptr, offs, g, m, BF16)
+
+
+# ----------------------------------------------------------------------------------------------
+# Host helpers (torch ops only: traceable by make_fx).
+
+
+def bits(v: float) -> int:
+    """The int64 bit pattern of a Python double."""
+    return struct.unpack("<q", struct.pack("<d", float(v)))[0]
+
+
+def io(t: torch.Tensor) -> torch.Tensor:
+    """The tensor a kernel reads or writes: bf16 as its int16 bit patterns, anything else unchanged."""
+    return t.view(torch.int16) if t.dtype == torch.bfloat16 else t
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """The tl.dot operand precision: IEEE under the interpreter and for fp64, else ops.md §0.3's policy."""
+    if INTERPRETER or dtype == torch.float64:
+        return "ieee"
+    from msa_fast.ops._config import input_precision  # lazy: msa_fast.ops may import these kernels
+
+    return input_precision()
+
+
+def check_rows(who: str, **tensors: torch.Tensor) -> torch.Tensor:
+    """Float [N, D] inputs of one launch: same dtype, shape and device; returns the first (for metadata)."""
+    first_name, first = None, None
+    for name, t in tensors.items():
+        if not t.is_floating_point():
+            raise TypeError(f"msa_fast.kernels.{who}: {name} must be a floating tensor, got {t.dtype}")
+        if t.dim() != 2:
+            raise ValueError(f"msa_fast.kernels.{who}: {name} must be [N, D], got shape {tuple(t.shape)}")
+        if first is None:
+            first_name, first = name, t
+        elif t.dtype != first.dtype or t.shape != first.shape or t.device != first.device:
+            raise ValueError(f"msa_fast.kernels.{who}: {name} ({t.dtype}, {tuple(t.shape)}, {t.device}) does not "
+                             f"match {first_name} ({first.dtype}, {tuple(first.shape)}, {first.device})")
+    if first.shape[0] == 0 or first.shape[1] == 0:
+        raise ValueError(f"msa_fast.kernels.{who}: empty input (shape {tuple(first.shape)})")
+    return first
+
+
+def finish(x: torch.Tensor, a: torch.Tensor, b, normalize: bool) -> torch.Tensor:
+    """``dx`` in x's dtype from the fp32 buffer ``a`` (plus ``b``): back through ``n(·)`` if ``normalize``."""
+    N, D = x.shape
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    def grid(meta):
+        return (triton.cdiv(N, meta["BLOCK_M"]),)
+
+    torch.library.wrap_triton(finish_kernel)[grid](
+        io(x), a, a if b is None else b, io(out), N, D, HAS_B=b is not None, NORMALIZE=bool(normalize),
+        BF16=x.dtype == torch.bfloat16, FP64=x.dtype == torch.float64)
+    return out
+
