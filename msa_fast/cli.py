@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("op", help="op family, e.g. cutoff, hard_concrete")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark script")
     bench.set_defaults(func=_bench)
+    from msa_fast.data.cli import add_parser as add_data_parser  # light: argparse only
+
+    add_data_parser(sub)
     return parser
 
 
