@@ -2,17 +2,21 @@
 
 Raw cosine ratios with no log and no exp (by default), refinement terms and a modality margin α.
 This file holds the reference: a dense ``3K × 3K`` Gram matrix of ``[Z_l; Z_a; Z_v]`` with boolean
-masks, the per-anchor sums written as masked tensor reductions. The fused tile kernels (ops.md §1)
-and the public op ``hycon_loss`` come with the engine.
+masks, the per-anchor sums written as masked tensor reductions. Below it: the registrations of the
+fused per-row op ``msa_fast::hycon_rows`` (C++: csrc/cpu/hycon.cpp) and the public :func:`hycon_loss`,
+which composes the three terms from the fused per-row sums without a host sync.
 
 Row layout of the Gram matrix: row ``r = m·K + k`` is anchor (k, m), modality m ∈ (l, a, v) = (0, 1, 2).
 """
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
 from msa_fast.ops import _contrastive as C
+from msa_fast.ops import _dispatch
 
 OP = "hycon_loss"
 SIM_TRANSFORMS = ("cos", "cos01", "exp_tau")
@@ -171,4 +175,162 @@ def hycon_loss_reference(x_l, x_a, x_v, y, alpha=0.8, *, use_log=False, sim_tran
 
     if return_stats:
         return iamcl, iemcl, scl, stats
+    return iamcl, iemcl, scl
+
+
+# ----------------------------------------------------------------------------------------------
+# Fused per-row op ``msa_fast::hycon_rows`` (C++: csrc/cpu/hycon.cpp; a Triton twin
+# ``msa_fast::hycon_rows_triton`` is registered when msa_fast/kernels/hycon.py exists): fake tensors,
+# autograd, and the public op composing the three terms from the per-row statistics.
+#
+# stats [3K, 7] per row r = m·K + k: (Σ_Pos1 f(s), Σ_Neg1 f(s), Σ_Pos1 (s − 1)²) over the same view,
+# (Σ_Pos f(s), Σ_Neg f(s), Σ_Pos (s − α)²) over the other views, and SCL's Σ_{m′≠m} (s − α)² — unhalved,
+# the ½ is applied here. classes [K] int64 with −1 for samples dropped by drop_zero.
+
+N_STATS = 7
+
+
+def _rows_fake(x, classes, alpha, transform, tau):
+    return x.new_empty((x.shape[0], N_STATS), dtype=C.compute_dtype(x.dtype))
+
+
+def _rows_backward_fake(grad_stats, x, classes, alpha, transform, tau):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _rows_setup_context(ctx, inputs, output):
+    x, classes, ctx.alpha, ctx.transform, ctx.tau = inputs
+    ctx.save_for_backward(x, classes)
+
+
+def _rows_backward_with(backward_op):
+    def backward(ctx, grad_stats):
+        x, classes = ctx.saved_tensors
+        return backward_op(grad_stats, x, classes, ctx.alpha, ctx.transform, ctx.tau), None, None, None, None
+
+    return backward
+
+
+if _dispatch.native_built():
+    torch.library.register_fake("msa_fast::hycon_rows", _rows_fake)
+    torch.library.register_fake("msa_fast::hycon_rows_backward", _rows_backward_fake)
+    torch.library.register_autograd("msa_fast::hycon_rows",
+                                    _rows_backward_with(torch.ops.msa_fast.hycon_rows_backward.default),
+                                    setup_context=_rows_setup_context)
+
+if importlib.util.find_spec("msa_fast.kernels.hycon") is not None:
+    # The Triton module is expected to provide hycon_rows_forward(x, classes, alpha, transform, tau) and
+    # hycon_rows_backward(grad_stats, x, classes, alpha, transform, tau) with the C++ op's semantics.
+
+    @torch.library.triton_op("msa_fast::hycon_rows_triton", mutates_args=())
+    def _hycon_rows_triton(x: torch.Tensor, classes: torch.Tensor, alpha: float, transform: str,
+                           tau: float) -> torch.Tensor:
+        from msa_fast.kernels.hycon import hycon_rows_forward
+
+        return hycon_rows_forward(x, classes, alpha, transform, tau)
+
+    @torch.library.triton_op("msa_fast::hycon_rows_backward_triton", mutates_args=())
+    def _hycon_rows_backward_triton(grad_stats: torch.Tensor, x: torch.Tensor, classes: torch.Tensor, alpha: float,
+                                    transform: str, tau: float) -> torch.Tensor:
+        from msa_fast.kernels.hycon import hycon_rows_backward
+
+        return hycon_rows_backward(grad_stats, x, classes, alpha, transform, tau)
+
+    torch.library.register_autograd("msa_fast::hycon_rows_triton",
+                                    _rows_backward_with(torch.ops.msa_fast.hycon_rows_backward_triton.default),
+                                    setup_context=_rows_setup_context)
+
+
+def _kernel_classes(y: torch.Tensor, drop_zero: bool):
+    """Class ids for the kernel (dense, ≥ 0; −1 = dropped), the kept mask and N_k, as tensor ops (no sync).
+
+    User class ids may be any integers (−1 included), so they are first replaced by their rank among the
+    sorted ids (``searchsorted`` gives the index of the first equal id: equal ids ↔ equal ranks).
+    """
+    K = y.shape[0]
+    cls = hycon_classes(y)
+    ids = torch.searchsorted(torch.sort(cls).values, cls)                  # in [0, K)
+    keep = y != 0 if drop_zero else torch.ones(K, dtype=torch.bool, device=y.device)
+    # Class sizes among kept samples (dropped ones are counted in a spare slot K), N_k = size − 1.
+    slot = torch.where(keep, ids, K)
+    sizes = torch.zeros(K + 1, dtype=torch.int64, device=y.device).scatter_add_(0, slot, torch.ones_like(slot))
+    n_k = torch.where(keep, sizes[ids] - 1, 0)
+    return torch.where(keep, ids, -1), keep, n_k
+
+
+def _ratio_from_sums(num, neg, valid, use_log, den_eps, den_guard):
+    """``_ratio_term`` on precomputed sums: t = −R or −log R per anchor, and V_R (§4 "Anchor sets")."""
+    den = num + neg
+    if den_guard == "skip":
+        valid_r = valid & ~(den.abs() < den_eps)       # a NaN denominator stays in V_R and propagates
+    else:
+        valid_r = valid
+        if den_guard == "clamp":
+            sign = torch.where(den < 0, -1.0, 1.0).to(den.dtype)
+            den = sign * den.abs().clamp_min(den_eps)
+    ratio = torch.where(valid_r, num / torch.where(valid_r, den, 1.0), 1.0)
+    t = -torch.log(ratio) if use_log else -ratio
+    return t, valid_r
+
+
+def _compose(stats, keep, n_k, features, alpha, use_log, den_eps, den_guard, reduction):
+    """IAMCL, IEMCL, SCL and the anchor counts from the per-row statistics, as the reference composes them."""
+    dtype = stats.dtype
+    keep3, n_k3 = keep.repeat(3), n_k.repeat(3)                            # row r = m·K + k
+    valid = keep3 & (n_k3 >= 1)                                             # V
+
+    def reduce(values, mask):
+        total = torch.where(mask, values, 0).sum()
+        return total if reduction == "sum" else total / mask.sum().clamp_min(1).to(dtype)
+
+    def term(col, ref_scale):
+        t, valid_r = _ratio_from_sums(stats[:, col], stats[:, col + 1], valid, use_log, den_eps, den_guard)
+        ref = stats[:, col + 2] / (ref_scale * n_k3.clamp_min(1)).to(dtype)
+        return reduce(t, valid_r) + reduce(ref, valid), valid_r
+
+    any_valid = valid.any()
+    zero = C.zero_result(dtype, *features)                                 # §0.5: empty V
+    iamcl, vr_intra = term(0, 1)
+    iemcl, vr_inter = term(3, 2)
+    iamcl = torch.where(any_valid, iamcl, zero)
+    iemcl = torch.where(any_valid, iemcl, zero)
+    scl_rows = 0.5 * stats[:, 6]
+    scl = scl_rows.sum() if reduction == "sum" else scl_rows.mean()
+    counts = {
+        "n_anchors": keep3.sum(),
+        "n_valid_anchors": valid.sum(),
+        "n_skipped_iamcl": (valid & ~vr_intra).sum(),
+        "n_skipped_iemcl": (valid & ~vr_inter).sum(),
+    }
+    return iamcl, iemcl, scl, counts
+
+
+def hycon_loss(x_l, x_a, x_v, y, alpha=0.8, *, use_log=False, sim_transform="cos", tau=0.1, den_eps=1e-6,
+               den_guard="skip", reduction="mean", drop_zero=False, return_stats=False, check_finite=False,
+               backend="auto"):
+    """HyCon's IAMCL, IEMCL and SCL (ops.md §4), fused: per-row pair sums from one kernel, composed here.
+
+    Same arguments, values and gradients as :func:`hycon_loss_reference` (see there), plus ``backend``
+    (``'auto'``, ``'reference'``, ``'cpp'``, ``'triton'``, ``'cuda'``; fp64 runs on the reference under
+    ``'auto'``, a forced ``'cpp'`` accepts it).
+
+    Returns ``(iamcl, iemcl, scl)`` fp32 scalars (fp64 for fp64 input), plus, with ``return_stats=True``,
+    the dict ``{n_anchors, n_valid_anchors, n_skipped_iamcl, n_skipped_iemcl}`` of 0-dim int64 tensors.
+    No host sync on the fused path (the counts stay tensors; reading them syncs). Memory O(K·d): the
+    3K × 3K similarities are computed slab by slab and recomputed in backward, never stored.
+    NaN in a feature row propagates as in the reference; ``check_finite=True`` raises instead (one sync).
+    """
+    _check(x_l, x_a, x_v, y, alpha, use_log, sim_transform, tau, den_eps, den_guard, reduction, check_finite)
+    chosen = _dispatch.resolve(OP, backend, x_l, native_op="hycon_rows", triton_op="hycon_rows_triton")
+    if chosen == "reference":
+        return hycon_loss_reference(x_l, x_a, x_v, y, alpha, use_log=use_log, sim_transform=sim_transform, tau=tau,
+                                    den_eps=den_eps, den_guard=den_guard, reduction=reduction, drop_zero=drop_zero,
+                                    return_stats=return_stats)
+    classes, keep, n_k = _kernel_classes(y, drop_zero)
+    op = torch.ops.msa_fast.hycon_rows_triton if chosen == "triton" else torch.ops.msa_fast.hycon_rows
+    stats = op(torch.cat([x_l, x_a, x_v], dim=0), classes, float(alpha), sim_transform, float(tau))
+    iamcl, iemcl, scl, counts = _compose(stats, keep, n_k, (x_l, x_a, x_v), float(alpha), use_log, float(den_eps),
+                                         den_guard, reduction)
+    if return_stats:
+        return iamcl, iemcl, scl, counts
     return iamcl, iemcl, scl
