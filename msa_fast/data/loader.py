@@ -4,9 +4,11 @@
   ``torch.Generator`` it owns, seeded from ``(seed, epoch)``, and it runs in the main process, so the
   order never depends on ``num_workers``. With ``shuffle`` it permutes *blocks* of ``block_size``
   consecutive samples (blocks start at multiples of ``block_size``, i.e. on chunk boundaries of the
-  store, whose chunk row counts are powers of two), cuts the permuted order into batches, then
-  shuffles the order inside each batch (a partial last block goes to the last batch unless
-  ``drop_last``). A batch therefore touches whole chunks: with MOSEI unaligned
+  store, whose chunk row counts are powers of two) and cuts the permuted order into batches (a partial
+  last block goes to the last batch unless ``drop_last``). Inside a batch the indices are sorted
+  (``sort_batches=True``, the default): a batch is a random *set* of samples and the store then reads
+  it without a permuting copy (measured: 4,600 vs 2,600 samples/s for MOSEI-shaped batches of 256);
+  ``sort_batches=False`` shuffles the order inside each batch instead. A batch touches whole chunks: with MOSEI unaligned
   (4-8 samples per chunk) random single samples would read 4-8x the bytes they use. ``block_size=1``
   is a plain uniform shuffle. ``state_dict()`` / ``load_state_dict()`` hold ``(epoch, position)``
   for exact resume: ``position`` is the number of batches of ``epoch`` already delivered.
@@ -110,7 +112,7 @@ class BlockBatchSampler(torch.utils.data.Sampler):
     per-epoch order depends only on ``(seed, epoch, num_samples, batch_size, block_size)``."""
 
     def __init__(self, num_samples: int, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                 drop_last: bool = False, block_size: int = 1):
+                 drop_last: bool = False, block_size: int = 1, sort_batches: bool = True):
         if int(num_samples) < 0:
             raise ValueError(f"num_samples must be >= 0, got {num_samples}")
         if int(batch_size) < 1:
@@ -123,6 +125,7 @@ class BlockBatchSampler(torch.utils.data.Sampler):
         self.seed = int(seed)
         self.drop_last = bool(drop_last)
         self.block_size = int(block_size)
+        self.sort_batches = bool(sort_batches)
         self.epoch = 0
         self.position = 0
         self._external = False  # True while a StoreLoader counts delivered batches
@@ -163,7 +166,9 @@ class BlockBatchSampler(torch.utils.data.Sampler):
         order = self.order(epoch)
         nb = len(self)
         out = [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(nb)]
-        if self.shuffle and self.block_size > 1:
+        if self.shuffle and self.sort_batches:
+            out = [np.sort(b) for b in out]
+        elif self.shuffle and self.block_size > 1:
             g = self._generator(epoch)
             g.manual_seed(g.initial_seed() ^ 0x5DEECE66D)
             out = [b[torch.randperm(len(b), generator=g).numpy()] for b in out]
@@ -189,11 +194,11 @@ class BlockBatchSampler(torch.utils.data.Sampler):
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "num_samples": self.num_samples,
                 "batch_size": self.batch_size, "shuffle": self.shuffle, "drop_last": self.drop_last,
-                "block_size": self.block_size}
+                "block_size": self.block_size, "sort_batches": self.sort_batches}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore ``(epoch, position)``; the order-defining settings must match this sampler's."""
-        for k in ("seed", "num_samples", "batch_size", "shuffle", "drop_last", "block_size"):
+        for k in ("seed", "num_samples", "batch_size", "shuffle", "drop_last", "block_size", "sort_batches"):
             if k in state and state[k] != getattr(self, k):
                 raise ValueError(f"cannot resume: sampler state has {k}={state[k]!r} but this sampler has "
                                  f"{k}={getattr(self, k)!r}; the batch order would differ")
@@ -277,19 +282,20 @@ def _tensor(a: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
 
 def to_batch(arrays: Mapping[str, np.ndarray], index, float_dtype: torch.dtype | None = torch.float32) -> Batch:
     """Turn a dict of store arrays (one batch) into a :class:`Batch`."""
-    text_ids = _tensor(arrays["text_ids"], torch.int64)
-    text_mask = _tensor(arrays["text_mask"], torch.int64)
+    ids = np.asarray(arrays["text_ids"]).astype(np.int64)
+    mask = np.asarray(arrays["text_mask"]).astype(np.int64)
     fields: dict[str, Any] = {
-        "index": torch.as_tensor(np.asarray(index, dtype=np.int64)),
-        "text_ids": text_ids, "text_mask": text_mask, "text_type": torch.zeros_like(text_ids),
-        "text_len": text_mask.sum(1),
+        "index": torch.from_numpy(np.array(index, dtype=np.int64).reshape(-1)),
+        "text_ids": torch.from_numpy(ids), "text_mask": torch.from_numpy(mask),
+        "text_type": torch.from_numpy(np.zeros_like(ids)), "text_len": torch.from_numpy(mask.sum(1)),
         "id": [str(s) for s in arrays["id"].tolist()],
     }
     for m in ("audio", "vision"):
         x = _tensor(arrays[m], float_dtype)
-        ln = _tensor(arrays[f"{m}_lengths"], torch.int64)
-        fields[m], fields[f"{m}_len"] = x, ln
-        fields[f"{m}_mask"] = torch.arange(x.shape[1])[None, :] < ln[:, None]
+        ln = np.asarray(arrays[f"{m}_lengths"]).astype(np.int64)
+        fields[m], fields[f"{m}_len"] = x, torch.from_numpy(ln)
+        # numpy: a torch comparison here measured 6-7 ms per batch inside DataLoader loops on CPU
+        fields[f"{m}_mask"] = torch.from_numpy(np.arange(x.shape[1])[None, :] < ln[:, None])
     if "text_feat" in arrays:
         fields["text_feat"] = _tensor(arrays["text_feat"], float_dtype)
     for k in LABEL_KEYS:
@@ -358,13 +364,14 @@ class StoreLoader:
 def make_loader(source, split: str = "train", batch_size: int = 32, *, shuffle: bool | None = None, seed: int = 0,
                 drop_last: bool = False, num_workers: int = 0, pin_memory: bool | None = None,
                 prefetch_factor: int | None = 2, persistent_workers: bool = False, in_memory: bool = False,
-                text_features: bool | None = None, block_size: int | str = "auto",
+                text_features: bool | None = None, block_size: int | str = "auto", sort_batches: bool = True,
                 float_dtype: torch.dtype | None = torch.float32, multiprocessing_context=None) -> StoreLoader:
     """A :class:`StoreLoader` over ``split`` of ``source`` (store path, StoreReader, or dict of arrays).
 
     ``shuffle`` defaults to ``split == 'train'`` (validation and test are never shuffled by default,
     data.md §4); ``seed`` seeds the sampler's own generator; ``block_size`` is the shuffle block in
-    samples (``'auto'``: :func:`auto_block_size`; ``1``: uniform shuffle); ``pin_memory`` defaults to
+    samples (``'auto'``: :func:`auto_block_size`; ``1``: uniform shuffle); ``sort_batches`` sorts the
+    indices inside each batch (see :class:`BlockBatchSampler`); ``pin_memory`` defaults to
     CUDA being available; ``in_memory`` loads the split into RAM first."""
     ds = source if isinstance(source, StoreDataset) else StoreDataset(
         source, split, in_memory=in_memory, text_features=text_features, float_dtype=float_dtype)
@@ -375,7 +382,7 @@ def make_loader(source, split: str = "train", batch_size: int = 32, *, shuffle: 
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     sampler = BlockBatchSampler(len(ds), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
-                                block_size=int(block_size))
+                                block_size=int(block_size), sort_batches=sort_batches)
     return StoreLoader(ds, sampler, num_workers=num_workers, pin_memory=pin_memory, prefetch_factor=prefetch_factor,
                        persistent_workers=persistent_workers, multiprocessing_context=multiprocessing_context)
 

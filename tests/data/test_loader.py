@@ -109,9 +109,11 @@ def test_sampler_shuffle_is_a_permutation_of_whole_blocks(block):
     assert not np.array_equal(np.concatenate(s.batches(1)), flat)
     other = BlockBatchSampler(n, bs, shuffle=True, seed=8, block_size=block)
     assert not np.array_equal(np.concatenate(other.batches(0)), flat)
-    # the order inside a batch is shuffled too (blocks are not left as sorted runs)
-    if block > 1:
-        assert any(not np.all(np.diff(b) == 1) for b in batches)
+    # inside a batch: sorted by default, shuffled with sort_batches=False
+    assert all(np.all(np.diff(b) > 0) for b in batches)
+    unsorted = BlockBatchSampler(n, bs, shuffle=True, seed=7, block_size=block, sort_batches=False).batches(0)
+    assert all(set(x.tolist()) == set(y.tolist()) for x, y in zip(unsorted, batches))
+    assert any(not np.all(np.diff(b) > 0) for b in unsorted)
 
 
 def test_sampler_does_not_touch_global_rng():
