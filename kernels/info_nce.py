@@ -46,19 +46,15 @@ def _info_nce_fwd_kernel(q_ptr, k_ptr, y_ptr, loss_ptr, lse_ptr, N, D, tau_bits,
     if QUERIES:
         sq, sk, sqk = P.row_pair_sums(q_ptr, k_ptr, rows, row_ok, D, CT, BF16, BLOCK_M, BLOCK_D)
         if NORMALIZE:
-            rq = P.rinv_of(sq, CT)
-            row_scale = rq * inv_tau
-            a_diag = sqk * rq * P.rinv_of(sk, CT) * inv_tau
+            r_row = P.rinv_of(sq, CT)
+            a_diag = sqk * (r_row * P.rinv_of(sk, CT)) * inv_tau
         else:
-            row_scale = inv_tau
             a_diag = sqk * inv_tau
         m = a_diag  # the positive seeds the online LSE: max a_ii, sum exp(0) = 1
         l = tl.full([BLOCK_M], 1, CT)
     else:
         if NORMALIZE:
-            row_scale = P.rinv_of(P.row_sumsq(q_ptr, rows, row_ok, D, CT, BF16, BLOCK_M, BLOCK_D), CT) * inv_tau
-        else:
-            row_scale = inv_tau
+            r_row = P.rinv_of(P.row_sumsq(q_ptr, rows, row_ok, D, CT, BF16, BLOCK_M, BLOCK_D), CT)
         a_diag = tl.zeros([BLOCK_M], dtype=CT)
         m = tl.full([BLOCK_M], float("-inf"), CT)
         l = tl.zeros([BLOCK_M], dtype=CT)
@@ -67,9 +63,10 @@ def _info_nce_fwd_kernel(q_ptr, k_ptr, y_ptr, loss_ptr, lse_ptr, N, D, tau_bits,
         cols = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
         col_ok = cols < N
         dot, ss = P.tile_dot(q_ptr, y_ptr, rows, row_ok, cols, col_ok, D, CT, BF16, IP, BLOCK_M, BLOCK_N, BLOCK_D)
-        s = dot * row_scale[:, None]
-        if NORMALIZE:
-            s = s * P.rinv_of(ss, CT)[None, :]
+        if NORMALIZE:  # (x_i·y_j)(r_i r_j)/τ: the same rounding in either role
+            s = dot * (r_row[:, None] * P.rinv_of(ss, CT)[None, :]) * inv_tau[:, None]
+        else:
+            s = dot * inv_tau[:, None]
         keep = row_ok[:, None] & col_ok[None, :]
         diag = rows[:, None] == cols[None, :]
         if QUERIES:
@@ -116,7 +113,6 @@ def _info_nce_bwd_kernel(own_ptr, oth_ptr, q_ptr, k_ptr, g_ptr, lse_ptr, out_ptr
             r_own = P.rinv_of(P.row_sumsq(own_ptr, own, own_ok, D, CT, BF16, BLOCK_M, BLOCK_D), CT)
         else:
             r_own = tl.full([BLOCK_M], 1, CT)
-    own_scale = r_own * inv_tau
     if not COL:  # the anchors are the owned rows
         lse_a = tl.load(lse_ptr + own, mask=own_ok, other=0).to(CT)[:, None]
         g_a = tl.load(g_ptr + own, mask=own_ok, other=0).to(CT)[:, None]
@@ -127,10 +123,11 @@ def _info_nce_bwd_kernel(own_ptr, oth_ptr, q_ptr, k_ptr, g_ptr, lse_ptr, out_ptr
         oth_ok = oth < N
         dot, ss = P.tile_dot(own_ptr, oth_ptr, own, own_ok, oth, oth_ok, D, CT, BF16, IP, BLOCK_M, BLOCK_N,
                              BLOCK_D)
-        s = dot * own_scale[:, None]
         if NORMALIZE:
             r_oth = P.rinv_of(ss, CT)
-            s = s * r_oth[None, :]
+            s = dot * (r_own[:, None] * r_oth[None, :]) * inv_tau[:, None]
+        else:
+            s = dot * inv_tau[:, None]
         valid = own_ok[:, None] & oth_ok[None, :]
         diag = own[:, None] == oth[None, :]
         if QUERIES:
@@ -151,7 +148,10 @@ def _info_nce_bwd_kernel(own_ptr, oth_ptr, q_ptr, k_ptr, g_ptr, lse_ptr, out_ptr
 
     if QUERIES and not COL:
         # Diagonal a_ii = q̂_i·k̂_i/τ: G_ii = g_i (π_ii − 1) with π_ii = exp(a_ii − lse_i).
-        a_diag = sqk * own_scale * r_k
+        if NORMALIZE:  # bit-identical to the forward's a_ii
+            a_diag = sqk * (r_own * r_k) * inv_tau
+        else:
+            a_diag = sqk * inv_tau
         lse_o = tl.load(lse_ptr + own, mask=own_ok, other=0).to(CT)
         g_o = tl.load(g_ptr + own, mask=own_ok, other=0).to(CT)
         g_ii = tl.where(own_ok, g_o * (tl.exp(a_diag - lse_o) - 1.0), 0.0)

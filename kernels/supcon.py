@@ -7,8 +7,10 @@ statistics of ``s_ij = u_i·u_j/τ`` (``u = n(z)`` if ``normalize`` else ``z``),
 * ``lse_all_i = LSE_{j∈A(i)} s_ij`` (−inf when N = 1), ``n_pos_i = |P(i)|``;
 * ``pos_stat_i = Σ_{j∈P(i)} s_ij`` (``'out'``, 0 over ∅) or ``LSE_{j∈P(i)} s_ij`` (``'in'``, −inf over ∅);
 * ``loss_rows_i = lse_all_i − pos_stat_i/n_pos_i`` (``'out'``) or ``lse_all_i − pos_stat_i`` (``'in'``) if
-  ``n_pos_i > 0``, else 0 — or NaN when ``lse_all_i`` is NaN, as the reference's ``ℓ·1[n_i > 0]`` product
-  propagates a NaN row of z into every anchor (ops.md §2, §0.4).
+  ``n_pos_i > 0``, else exactly 0 (a select). A NaN row of z makes every ``lse_all_i`` NaN (each anchor's
+  denominator sees it), hence every loss row of an anchor with a positive; anchors without one stay 0, as in the
+  reference's ``'out'`` variant (its ``'in'`` variant turns them NaN through a dummy LSE; the reduced loss is NaN
+  either way).
 
 Forward: one launch, grid = row blocks; each program streams all column tiles (online LSEs, fp32).
 Backward (``G_ij = g_i ∂ℓ_i/∂s_ij``, ``dU_i = (1/τ) Σ_j (G_ij + G_ji) u_j``): the same kernel launched twice,
@@ -41,9 +43,7 @@ def _supcon_fwd_kernel(z_ptr, lab_ptr, loss_ptr, lse_ptr, pos_ptr, npos_ptr, N, 
     row_ok = rows < N
     lab_r = tl.load(lab_ptr + rows, mask=row_ok, other=0)
     if NORMALIZE:
-        row_scale = P.rinv_of(P.row_sumsq(z_ptr, rows, row_ok, D, CT, BF16, BLOCK_M, BLOCK_D), CT) * inv_tau
-    else:
-        row_scale = inv_tau
+        r_row = P.rinv_of(P.row_sumsq(z_ptr, rows, row_ok, D, CT, BF16, BLOCK_M, BLOCK_D), CT)
 
     m_all = tl.full([BLOCK_M], float("-inf"), CT)
     l_all = tl.zeros([BLOCK_M], dtype=CT)
@@ -54,9 +54,10 @@ def _supcon_fwd_kernel(z_ptr, lab_ptr, loss_ptr, lse_ptr, pos_ptr, npos_ptr, N, 
         cols = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
         col_ok = cols < N
         dot, ss = P.tile_dot(z_ptr, z_ptr, rows, row_ok, cols, col_ok, D, CT, BF16, IP, BLOCK_M, BLOCK_N, BLOCK_D)
-        s = dot * row_scale[:, None]
-        if NORMALIZE:
-            s = s * P.rinv_of(ss, CT)[None, :]
+        if NORMALIZE:  # s = (x_i·x_j)(r_i r_j)/τ: the same rounding in either order of (i, j)
+            s = dot * (r_row[:, None] * P.rinv_of(ss, CT)[None, :]) * inv_tau[:, None]
+        else:
+            s = dot * inv_tau[:, None]
         lab_c = tl.load(lab_ptr + cols, mask=col_ok, other=0)
         valid = row_ok[:, None] & col_ok[None, :] & (rows[:, None] != cols[None, :])
         pos = valid & (lab_r[:, None] == lab_c[None, :])
@@ -74,7 +75,7 @@ def _supcon_fwd_kernel(z_ptr, lab_ptr, loss_ptr, lse_ptr, pos_ptr, npos_ptr, N, 
     else:
         pos_stat = l_pos
         val = lse_all - P.div(pos_stat, tl.maximum(cnt, 1.0).to(CT), CT)
-    loss = tl.where(cnt > 0, val, tl.where(lse_all != lse_all, lse_all, 0.0))
+    loss = tl.where(cnt > 0, val, 0.0)
     tl.store(loss_ptr + rows, loss, mask=row_ok)
     tl.store(lse_ptr + rows, lse_all, mask=row_ok)
     tl.store(pos_ptr + rows, pos_stat, mask=row_ok)
@@ -107,9 +108,7 @@ def _supcon_bwd_kernel(z_ptr, lab_ptr, g_ptr, lse_ptr, pos_ptr, npos_ptr, out_pt
     dd_ok = dd < D
     lab_o = tl.load(lab_ptr + own, mask=own_ok, other=0)
     if NORMALIZE:
-        own_scale = P.rinv_of(P.row_sumsq(z_ptr, own, own_ok, D, CT, BF16, BLOCK_M, BLOCK_D), CT) * inv_tau
-    else:
-        own_scale = inv_tau
+        r_own = P.rinv_of(P.row_sumsq(z_ptr, own, own_ok, D, CT, BF16, BLOCK_M, BLOCK_D), CT)
     if not COL:  # the anchors are the owned rows
         cnt_o = tl.load(npos_ptr + own, mask=own_ok, other=0).to(CT)
         lse_a = tl.load(lse_ptr + own, mask=own_ok, other=0).to(CT)[:, None]
@@ -123,10 +122,11 @@ def _supcon_bwd_kernel(z_ptr, lab_ptr, g_ptr, lse_ptr, pos_ptr, npos_ptr, out_pt
         oth = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
         oth_ok = oth < N
         dot, ss = P.tile_dot(z_ptr, z_ptr, own, own_ok, oth, oth_ok, D, CT, BF16, IP, BLOCK_M, BLOCK_N, BLOCK_D)
-        s = dot * own_scale[:, None]
         if NORMALIZE:
             r_oth = P.rinv_of(ss, CT)
-            s = s * r_oth[None, :]
+            s = dot * (r_own[:, None] * r_oth[None, :]) * inv_tau[:, None]
+        else:
+            s = dot * inv_tau[:, None]
         lab_t = tl.load(lab_ptr + oth, mask=oth_ok, other=0)
         valid = own_ok[:, None] & oth_ok[None, :] & (own[:, None] != oth[None, :])
         pos = valid & (lab_o[:, None] == lab_t[None, :])

@@ -48,7 +48,7 @@ def _uniform_fwd_kernel(p_ptr, g_ptr, lse_ptr, N, D, kappa_bits, NORMALIZE: tl.c
         dot, ss_g = P.tile_dot(p_ptr, g_ptr, rows, row_ok, cols, col_ok, D, CT, BF16, IP, BLOCK_M, BLOCK_N, BLOCK_D)
         if NORMALIZE:
             r_g = P.rinv_of(ss_g, CT)
-            pg = dot * r_p[:, None] * r_g[None, :]
+            pg = dot * (r_p[:, None] * r_g[None, :])
             n2_g = ss_g * r_g * r_g
         else:
             pg = dot
@@ -99,7 +99,7 @@ def _uniform_bwd_kernel(own_ptr, oth_ptr, gr_ptr, lse_ptr, out_ptr, N, D, kappa_
                                BLOCK_D)
         if NORMALIZE:
             r_oth = P.rinv_of(ss_t, CT)
-            xy = dot * r_own[:, None] * r_oth[None, :]
+            xy = dot * (r_own[:, None] * r_oth[None, :])
             n2_t = ss_t * r_oth * r_oth
         else:
             xy = dot

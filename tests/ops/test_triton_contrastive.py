@@ -1,0 +1,523 @@
+"""Triton per-row contrastive kernels (kernels/supcon.py, info_nce.py, uniform.py) under the Triton interpreter.
+
+Each launcher's per-row statistics and gradients are compared with the pure-PyTorch references
+(``supcon_per_anchor_reference``, ``info_nce_reference``, dense ``torch.logsumexp``), evaluated in fp64 on the
+same inputs, gradients through autograd with random ``grad_rows`` (ops.md §2, §3, §6, §10).
+
+Tolerances are those of ops.md §10 (fp32 IEEE: values rtol 1e-5 / atol 1e-6, gradients rtol 1e-4 / atol 1e-5;
+fp16/bf16 against the fp32 reference on the same rounded inputs: 5e-2 / 1e-2), with the absolute part scaled by
+the magnitude of the quantity: an fp32 logit of size 1/τ = 100 carries an absolute rounding error of ~1e-5 that
+no fp32 implementation (the fp32 reference included) avoids, and the same holds for gradients of size 100.
+
+Shapes are tiny and odd (N ∈ {1, 2, 3, 17, 65}, D ∈ {1, 3, 50}); the first autotune config (16 × 16 tiles, 16-wide
+D chunks, 32-wide feature chunks in backward) makes them ragged and multi-tile. A subprocess without the
+interpreter checks that every launcher traces under make_fx (torch ops + one ``triton_kernel_wrapper_mutation`` per
+forward) and that the kernels compile for sm_80.
+"""
+
+import os
+
+# Before triton (and the kernels) are imported: interpreter, IEEE dots, one autotune config.
+os.environ["TRITON_INTERPRET"] = "1"
+os.environ["MSA_FAST_INPUT_PRECISION"] = "ieee"
+os.environ["MSA_FAST_AUTOTUNE"] = "0"
+
+import importlib  # noqa: E402
+import math  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+triton = pytest.importorskip("triton")
+
+from msa_fast.ops._contrastive import normalize_rows  # noqa: E402
+from msa_fast.ops.info_nce import info_nce_reference  # noqa: E402
+from msa_fast.ops.supcon import supcon_loss_reference, supcon_per_anchor_reference  # noqa: E402
+
+pytestmark = pytest.mark.triton
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _kernels(name):
+    """``msa_fast.kernels.<name>`` once the package is wired, else ``kernels.<name>`` from the repo root."""
+    try:
+        return importlib.import_module(f"msa_fast.kernels.{name}")
+    except ImportError:
+        if str(REPO) not in sys.path:
+            sys.path.insert(0, str(REPO))
+        return importlib.import_module(f"kernels.{name}")
+
+
+ksup = _kernels("supcon")
+knce = _kernels("info_nce")
+kuni = _kernels("uniform")
+
+F64 = torch.float64
+SHAPES = [(2, 3), (3, 1), (17, 50), (65, 3)]
+HALF = [torch.float16, torch.bfloat16]
+
+
+def _close(got, want, rtol, atol, what):
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    torch.testing.assert_close(got.double(), want.double(), rtol=rtol, atol=atol, equal_nan=True,
+                               msg=lambda m: f"{what}: {m}")
+
+
+def _value_tol(dtype, scale):
+    """(rtol, atol) of a forward value whose inputs (logits) have magnitude ``scale``."""
+    if dtype in HALF:
+        return 5e-2, 1e-2 * max(1.0, scale)
+    return 1e-5, 1e-6 * max(1.0, scale)
+
+
+def _grad_tol(dtype, want):
+    scale = max(1.0, float(want.abs().max())) if want.numel() else 1.0
+    if dtype in HALF:
+        return 5e-2, 1e-2 * scale
+    return 1e-4, 1e-5 * scale
+
+
+def _feats(n, d, g, normalize, dtype=torch.float32):
+    """Rows of norm ≈ 1 when not normalising (raw logits stay ≈ 1/τ), arbitrary scales otherwise."""
+    x = torch.randn(n, d, generator=g, dtype=F64)
+    x = x * 3 if normalize else x / math.sqrt(d)
+    return x.to(dtype)
+
+
+def _ref_dtype(dtype):
+    """fp64 truth for fp32/fp64 inputs; fp32 on the same rounded inputs for fp16/bf16 (ops.md §10)."""
+    return torch.float32 if dtype in HALF else F64
+
+
+# ----------------------------------------------------------------------------------------------
+# supcon
+
+
+def _supcon_stats(z, labels, tau, variant_in, normalize):
+    """Dense (lse_all, pos_stat, n_pos) and the logit scale max|s|, in z's dtype."""
+    u = normalize_rows(z) if normalize else z
+    s = u @ u.T / tau
+    n = z.shape[0]
+    eye = torch.eye(n, dtype=torch.bool)
+    pos = (labels[:, None] == labels[None, :]) & ~eye
+    lse_all = torch.logsumexp(s.masked_fill(eye, float("-inf")), 1)
+    if variant_in:
+        pos_stat = torch.logsumexp(s.masked_fill(~pos, float("-inf")), 1)
+    else:
+        pos_stat = torch.where(pos, s, 0).sum(1)
+    return lse_all, pos_stat, pos.sum(1).to(s.dtype), float(s.abs().max())
+
+
+def _check_supcon(z, labels, tau, variant_in, normalize, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = z.shape[0]
+    grad_rows = torch.randn(n, generator=g, dtype=F64)
+    rd = _ref_dtype(z.dtype)
+    what = f"supcon N={n} D={z.shape[1]} {z.dtype} tau={tau} in={variant_in} normalize={normalize}"
+
+    loss, lse, ps, npos = ksup.supcon_rows_forward(z, labels, tau, variant_in, normalize)
+    out_dtype = F64 if z.dtype == F64 else torch.float32
+    for t in (loss, lse, ps, npos):
+        assert t.dtype == out_dtype and t.shape == (n,), what
+    dz = ksup.supcon_rows_backward(grad_rows.to(out_dtype), z, labels, lse, ps, npos, tau, variant_in, normalize)
+    assert dz.dtype == z.dtype and dz.shape == z.shape, what
+
+    zr = z.detach().to(rd).requires_grad_()
+    lse_w, ps_w, n_w, scale = _supcon_stats(zr.detach(), labels, tau, variant_in, normalize)
+    rtol, atol = _value_tol(z.dtype, scale)
+    _close(npos, n_w, 0, 0, what + " n_pos")
+    _close(lse, lse_w, rtol, atol, what + " lse_all")
+    _close(ps, ps_w, rtol, atol * max(1.0, float(n_w.max())), what + " pos_stat")  # 'out': a sum of n_i logits
+    if n == 1:  # no pairs: lse_all = −inf, no positives, loss 0 and no gradient
+        assert lse.item() == float("-inf") and loss.item() == 0 and npos.item() == 0
+        assert torch.equal(dz, torch.zeros_like(dz))
+        return loss, dz
+    ref_loss, _ = supcon_per_anchor_reference(normalize_rows(zr) if normalize else zr, labels, tau,
+                                              "in" if variant_in else "out")
+    _close(loss, ref_loss.detach(), rtol, atol, what + " loss_rows")
+    (ref_loss * grad_rows.to(rd)).sum().backward()
+    _close(dz, zr.grad, *_grad_tol(z.dtype, zr.grad), what + " dz")
+    return loss, dz
+
+
+def _labels(n, g, kind):
+    if kind == "single":
+        return torch.full((n,), 7, dtype=torch.int64)
+    labels = torch.randint(-2, max(1, n // 4) + 1, (n,), generator=g)
+    labels[-1] = 1000  # a singleton (no positive)
+    return labels
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_supcon_rows_matrix(shape):
+    n, d = shape
+    g = torch.Generator().manual_seed(n * 100 + d)
+    taus = [0.01, 0.07, 1.0]
+    k = 0
+    for variant_in in (False, True):
+        for normalize in (True, False):
+            z = _feats(n, d, g, normalize)
+            _check_supcon(z, _labels(n, g, "mixed"), taus[k % 3], variant_in, normalize, seed=k)
+            k += 1
+
+
+@pytest.mark.parametrize("variant_in", [False, True])
+def test_supcon_rows_single_class_singletons_and_n1(variant_in):
+    g = torch.Generator().manual_seed(1)
+    # A single class: every anchor's positives are all the others.
+    z = _feats(17, 50, g, True)
+    loss, _ = _check_supcon(z, _labels(17, g, "single"), 0.07, variant_in, True)
+    if variant_in:  # 'in' with P(i) = A(i): ℓ_i = 0 up to rounding
+        assert loss.abs().max() < 1e-5
+    # All labels distinct: no positives, zero loss rows and zero gradient.
+    loss, dz = _check_supcon(_feats(3, 3, g, True), torch.tensor([4, 5, 6]), 0.07, variant_in, True)
+    assert torch.equal(loss, torch.zeros(3)) and torch.equal(dz, torch.zeros_like(dz))
+    # PML's mixed case: only anchors 0 and 1 count; int32 and bool labels.
+    z = _feats(4, 3, g, True)
+    loss, _ = _check_supcon(z, torch.tensor([0, 0, 1, 2], dtype=torch.int32), 0.07, variant_in, True)
+    assert (loss[:2] > 0).all() and torch.equal(loss[2:], torch.zeros(2))
+    _check_supcon(z, torch.tensor([True, False, True, True]), 0.07, variant_in, False)
+    # N = 1.
+    _check_supcon(_feats(1, 3, g, True), torch.tensor([3]), 0.07, variant_in, True)
+
+
+def test_supcon_rows_match_gated_reference():
+    """When the batch gate passes, loss_rows are supcon_loss_reference(..., reduction='none')."""
+    g = torch.Generator().manual_seed(2)
+    z = _feats(17, 50, g, True)
+    labels = _labels(17, g, "mixed")
+    for variant_in in (False, True):
+        loss, _, _, _ = ksup.supcon_rows_forward(z, labels, 0.07, variant_in, True)
+        ref = supcon_loss_reference(z, labels, 0.07, variant="in" if variant_in else "out", reduction="none")
+        _close(loss, ref, 1e-5, 1e-5, f"gated reference in={variant_in}")
+
+
+@pytest.mark.parametrize("variant_in", [False, True])
+def test_supcon_rows_zero_row_and_nan(variant_in):
+    g = torch.Generator().manual_seed(3)
+    labels = _labels(17, g, "mixed")
+    z = _feats(17, 50, g, True)
+    z[4] = 0
+    loss, dz = _check_supcon(z, labels, 0.07, variant_in, True)
+    assert torch.isfinite(loss).all() and torch.equal(dz[4], torch.zeros(50))
+    # A NaN row: every anchor's denominator sees it, so every lse_all and every loss row of an anchor with a
+    # positive is NaN (as in the reference); anchors without a positive stay exactly 0.
+    z[9, 3] = float("nan")
+    for normalize in (True, False):
+        loss, lse, _, npos = ksup.supcon_rows_forward(z, labels, 0.07, variant_in, normalize)
+        has = npos > 0
+        assert torch.isnan(lse).all() and torch.isnan(loss[has]).all() and not has.all()
+        assert torch.equal(loss[~has], torch.zeros(int((~has).sum())))
+        ref, _ = supcon_per_anchor_reference(normalize_rows(z) if normalize else z, labels, 0.07,
+                                             "in" if variant_in else "out")
+        assert torch.isnan(ref[has]).all()
+
+
+@pytest.mark.parametrize("dtype", HALF + [F64])
+def test_supcon_rows_half_and_fp64(dtype):
+    g = torch.Generator().manual_seed(4)
+    labels = _labels(17, g, "mixed")
+    for variant_in in (False, True):
+        z = _feats(17, 50, g, True, dtype)
+        z[5] = 0
+        _check_supcon(z, labels, 0.07, variant_in, True)
+    _check_supcon(_feats(17, 50, g, False, dtype), labels, 0.1, False, False)
+
+
+# ----------------------------------------------------------------------------------------------
+# info_nce
+
+
+def _check_info_nce(q, k, tau, queries, normalize, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = q.shape[0]
+    grad_rows = torch.randn(n, generator=g, dtype=F64)
+    rd = _ref_dtype(q.dtype)
+    same = k is q
+    what = f"info_nce N={n} D={q.shape[1]} {q.dtype} tau={tau} queries={queries} normalize={normalize} same={same}"
+
+    loss, lse = knce.info_nce_rows_forward(q, k, tau, queries, normalize)
+    out_dtype = F64 if q.dtype == F64 else torch.float32
+    assert loss.dtype == lse.dtype == out_dtype and loss.shape == lse.shape == (n,), what
+    dq, dk = knce.info_nce_rows_backward(grad_rows.to(out_dtype), q, k, lse, tau, queries, normalize)
+    assert dq.dtype == dk.dtype == q.dtype and dq.shape == dk.shape == q.shape, what
+
+    qr = q.detach().to(rd).requires_grad_()
+    kr = qr if same else k.detach().to(rd).requires_grad_()
+    with torch.no_grad():
+        qh = normalize_rows(qr) if normalize else qr
+        kh = normalize_rows(kr) if normalize else kr
+        a = qh @ kh.T / tau
+        b = qh @ qh.T / tau
+        if queries:
+            eye = torch.eye(n, dtype=torch.bool)
+            lse_w = torch.logsumexp(torch.where(eye, (qh * kh).sum(1)[:, None] / tau, b), 1)
+        else:
+            lse_w = torch.logsumexp(a, 1)
+        scale = float(torch.cat([a.flatten(), b.flatten()]).abs().max())
+    rtol, atol = _value_tol(q.dtype, scale)
+    _close(lse, lse_w, rtol, atol, what + " lse")
+    ref = info_nce_reference(qr, kr, tau, "queries" if queries else "keys", normalize=normalize, reduction="none")
+    _close(loss, ref.detach(), rtol, atol, what + " loss_rows")
+    (ref * grad_rows.to(rd)).sum().backward()
+    if same:
+        _close(dq.to(rd) + dk.to(rd), qr.grad, *_grad_tol(q.dtype, qr.grad), what + " dq + dk")
+    else:
+        _close(dq, qr.grad, *_grad_tol(q.dtype, qr.grad), what + " dq")
+        _close(dk, kr.grad, *_grad_tol(q.dtype, kr.grad), what + " dk")
+    return loss, dq, dk
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_info_nce_rows_matrix(shape):
+    n, d = shape
+    g = torch.Generator().manual_seed(n * 100 + d + 1)
+    taus = [0.05, 0.1, 0.7, 0.01]
+    k = 0
+    for queries in (False, True):
+        for normalize in (True, False):
+            q, kk = _feats(n, d, g, normalize), _feats(n, d, g, normalize)
+            _check_info_nce(q, kk, taus[k % 4], queries, normalize, seed=k)
+            k += 1
+
+
+@pytest.mark.parametrize("queries", [False, True])
+def test_info_nce_rows_edge_cases(queries):
+    g = torch.Generator().manual_seed(5)
+    # N = 1: a single-term softmax, exactly 0; a zero gradient up to the rounding of π_ii − 1 (the column-owned
+    # 'keys' launch rebuilds a_ii as k̂·q̂, not bit-identical to the forward's q̂·k̂).
+    q = _feats(1, 3, g, True)
+    loss, dq, dk = _check_info_nce(q, _feats(1, 3, g, True), 0.1, queries, True)
+    assert loss.item() == 0 and dq.abs().max() < 1e-5 and dk.abs().max() < 1e-5
+    # q is k; identical rows; a zero row.
+    q = _feats(17, 50, g, True)
+    _check_info_nce(q, q, 0.1, queries, True)
+    q[3] = q[7]
+    k = _feats(17, 50, g, True)
+    k[2] = 0
+    _, _, dk = _check_info_nce(q, k, 0.1, queries, True)
+    assert torch.equal(dk[2], torch.zeros(50))
+    # NaN in row r of q: every row with 'queries' (q̂_r is everyone's negative), row r only with 'keys';
+    # NaN in row r of k: row r only with 'queries', every row with 'keys'.
+    qn = q.clone()
+    qn[4, 0] = float("nan")
+    loss, _ = knce.info_nce_rows_forward(qn, k, 0.1, queries, True)
+    ref = info_nce_reference(qn, k, 0.1, "queries" if queries else "keys", reduction="none")
+    assert torch.equal(torch.isnan(loss), torch.isnan(ref))
+    assert torch.isnan(loss).sum() == (17 if queries else 1)
+    kn = k.clone()
+    kn[4, 0] = float("nan")
+    loss, _ = knce.info_nce_rows_forward(q, kn, 0.1, queries, False)
+    assert torch.isnan(loss).sum() == (1 if queries else 17) and torch.isnan(loss[4])
+
+
+@pytest.mark.parametrize("dtype", HALF + [F64])
+def test_info_nce_rows_half_and_fp64(dtype):
+    g = torch.Generator().manual_seed(6)
+    for queries in (False, True):
+        q, k = _feats(17, 50, g, True, dtype), _feats(17, 50, g, True, dtype)
+        _check_info_nce(q, k, 0.1, queries, True)
+    q, k = _feats(17, 50, g, False, dtype), _feats(17, 50, g, False, dtype)
+    _check_info_nce(q, k, 0.1, True, False)
+
+
+# ----------------------------------------------------------------------------------------------
+# uniform
+
+
+def _check_uniform(p, gg, kappa, normalize, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = p.shape[0]
+    grad_rows = torch.randn(n, generator=g, dtype=F64)
+    rd = _ref_dtype(p.dtype)
+    same = gg is p
+    what = f"uniform n={n} D={p.shape[1]} {p.dtype} kappa={kappa} normalize={normalize} same={same}"
+
+    lse = kuni.uniform_rows_forward(p, gg, kappa, normalize)
+    out_dtype = F64 if p.dtype == F64 else torch.float32
+    assert lse.dtype == out_dtype and lse.shape == (n,), what
+    dp, dg = kuni.uniform_rows_backward(grad_rows.to(out_dtype), p, gg, lse, kappa, normalize)
+    assert dp.dtype == dg.dtype == p.dtype and dp.shape == dg.shape == p.shape, what
+
+    pr = p.detach().to(rd).requires_grad_()
+    gr = pr if same else gg.detach().to(rd).requires_grad_()
+    ph = normalize_rows(pr) if normalize else pr
+    gh = normalize_rows(gr) if normalize else gr
+    neg_d2 = -kappa * ((ph[:, None, :] - gh[None, :, :]) ** 2).sum(-1)  # direct differences, as the reference
+    eye = torch.eye(n, dtype=torch.bool)
+    ref = torch.logsumexp(neg_d2.masked_fill(eye, float("-inf")), 1)
+    if n == 1:
+        assert lse.item() == float("-inf")
+        assert torch.equal(dp, torch.zeros_like(dp)) and torch.equal(dg, torch.zeros_like(dg))
+        return lse, dp, dg
+    # The fused expansion of d² loses ~eps·(‖p̂‖² + ‖ĝ‖²)·κ absolutely (ops.md §10: atol 1e-5 when normalised).
+    norms = float((ph.detach() ** 2).sum(1).max() + (gh.detach() ** 2).sum(1).max())
+    rtol, atol = _value_tol(p.dtype, max(kappa * norms, float(neg_d2.detach().abs().max())))
+    _close(lse, ref.detach(), rtol, max(atol, 1e-5 if p.dtype not in HALF else atol), what + " lse_rows")
+    (ref * grad_rows.to(rd)).sum().backward()
+    if same:
+        _close(dp.to(rd) + dg.to(rd), pr.grad, *_grad_tol(p.dtype, pr.grad), what + " dp + dg")
+    else:
+        _close(dp, pr.grad, *_grad_tol(p.dtype, pr.grad), what + " dp")
+        _close(dg, gr.grad, *_grad_tol(p.dtype, gr.grad), what + " dg")
+    return lse, dp, dg
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_uniform_rows_matrix(shape):
+    n, d = shape
+    g = torch.Generator().manual_seed(n * 100 + d + 2)
+    k = 0
+    for normalize in (True, False):
+        for kappa in (2.0, 100.0 if normalize else 0.0):
+            p, gg = _feats(n, d, g, normalize), _feats(n, d, g, normalize)
+            _check_uniform(p, gg, kappa, normalize, seed=k)
+            k += 1
+
+
+def test_uniform_rows_edge_cases():
+    g = torch.Generator().manual_seed(7)
+    # n = 1: LSE over ∅ = −inf, zero gradient; κ = 0: LSE of zeros = log(n − 1) exactly.
+    _check_uniform(_feats(1, 3, g, True), _feats(1, 3, g, True), 2.0, True)
+    p, gg = _feats(17, 50, g, True), _feats(17, 50, g, True)
+    lse, _, _ = _check_uniform(p, gg, 0.0, True)
+    assert torch.equal(lse, torch.full((17,), math.log(16)))
+    # g is p (the wang_isola form), identical rows across the sets (d² = 0: the clamp's edge), a zero row.
+    _check_uniform(p, p, 2.0, True)
+    gg[5] = p[3]
+    p[8] = 0
+    _check_uniform(p, gg, 2.0, True)
+    pu, gu = _feats(17, 50, g, False), _feats(17, 50, g, False)
+    gu[5] = pu[3]
+    pu[8] = 0
+    _check_uniform(pu, gu, 2.0, False)
+    # NaN in row r of p makes row r NaN; NaN in row r of g makes every other row NaN.
+    pn = p.clone()
+    pn[4, 1] = float("nan")
+    assert torch.isnan(kuni.uniform_rows_forward(pn, gg, 2.0, True)).nonzero().flatten().tolist() == [4]
+    gn = gg.clone()
+    gn[4, 1] = float("nan")
+    assert torch.isnan(kuni.uniform_rows_forward(p, gn, 2.0, False)).nonzero().flatten().tolist() == (
+        [i for i in range(17) if i != 4])
+
+
+@pytest.mark.parametrize("dtype", HALF + [F64])
+def test_uniform_rows_half_and_fp64(dtype):
+    g = torch.Generator().manual_seed(8)
+    p, gg = _feats(17, 50, g, True, dtype), _feats(17, 50, g, True, dtype)
+    _check_uniform(p, gg, 2.0, True)
+    _check_uniform(p, gg, 2.0, False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Argument checks.
+
+
+def test_launcher_argument_errors():
+    z = torch.randn(4, 3)
+    with pytest.raises(ValueError):
+        ksup.supcon_rows_forward(torch.empty(0, 3), torch.empty(0, dtype=torch.int64), 0.1, False, True)
+    with pytest.raises(ValueError):
+        ksup.supcon_rows_forward(z, torch.zeros(3, dtype=torch.int64), 0.1, False, True)
+    with pytest.raises(TypeError):
+        ksup.supcon_rows_forward(z, torch.zeros(4), 0.1, False, True)
+    with pytest.raises(ValueError):
+        knce.info_nce_rows_forward(z, torch.randn(5, 3), 0.1, True, True)
+    with pytest.raises(ValueError):
+        kuni.uniform_rows_forward(z, z.double(), 2.0, True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Traceability (make_fx, symbolic shapes) and GPU compilation, without the interpreter.
+
+_TRACE_AND_COMPILE = textwrap.dedent("""
+    import os, sys
+    os.environ["TRITON_INTERPRET"] = "0"
+    sys.path.insert(0, sys.argv[1])
+    import torch, triton
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from kernels import supcon as S, info_nce as I, uniform as U
+
+    z = torch.randn(5, 7)
+    lab = torch.tensor([0, 1, 0, 2, 1])
+    v = torch.randn(5)
+    traces = [
+        (lambda z, l: S.supcon_rows_forward(z, l, 0.07, True, True), (z, lab), 1),
+        (lambda g, z, l, a, b, c: S.supcon_rows_backward(g, z, l, a, b, c, 0.07, False, True),
+         (v, z.bfloat16(), lab, v, v, v), 3),
+        (lambda q, k: I.info_nce_rows_forward(q, k, 0.1, True, True), (z, z + 1), 1),
+        (lambda g, q, k, l: I.info_nce_rows_backward(g, q, k, l, 0.1, False, False), (v, z, z + 1, v), 4),
+        (lambda p, g: U.uniform_rows_forward(p, g, 2.0, False), (z, z + 1), 1),
+        (lambda r, p, g, l: U.uniform_rows_backward(r, p, g, l, 2.0, True), (v, z.half(), z.half(), v), 4),
+    ]
+    for fn, args, launches in traces:
+        code = make_fx(fn, tracing_mode="symbolic")(*args).code
+        assert code.count("triton_kernel_wrapper_mutation(") == launches, code
+        assert "_local_scalar_dense" not in code and ".item" not in code, code
+    print("TRACED")
+
+    from triton.backends import backends
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    if "nvidia" not in backends or not os.path.exists(ptxas):
+        print("NO-NVIDIA-BACKEND")
+        sys.exit(0)
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from kernels import _pairwise_rows as P
+    target = GPUTarget("cuda", 80, 32)
+
+    def build(kernel, sig, consts):
+        fn = kernel.fn
+        sig = {**sig, **{k: "constexpr" for k in consts}}
+        triton.compile(ASTSource(fn, sig, consts), target=target)
+
+    fwd = P.FWD_CONFIGS[1].kwargs
+    bwd = P.BWD_CONFIGS[1].kwargs
+
+    def flags(dt):  # (pointer type, compute pointer type, constexpr flags) per input dtype
+        ct = "fp64" if dt == "fp64" else "fp32"
+        return ("*i16" if dt == "bf16" else "*" + dt), "*" + ct, dict(
+            NORMALIZE=True, BF16=dt == "bf16", FP64=dt == "fp64", IP="tf32" if dt == "fp32" else "ieee")
+
+    # One compile per kernel (they take seconds each), the dtype paths spread over them.
+    x, c, f = flags("fp32")
+    build(S._supcon_fwd_kernel, {"z_ptr": x, "lab_ptr": "*i64", "loss_ptr": c, "lse_ptr": c, "pos_ptr": c,
+          "npos_ptr": c, "N": "i32", "D": "i32", "tau_bits": "i64"}, {"VARIANT_IN": True, **f, **fwd})
+    x, c, f = flags("bf16")
+    build(S._supcon_bwd_kernel, {"z_ptr": x, "lab_ptr": "*i64", "g_ptr": c, "lse_ptr": c, "pos_ptr": c,
+          "npos_ptr": c, "out_ptr": c, "N": "i32", "D": "i32", "tau_bits": "i64"},
+          {"COL": True, "VARIANT_IN": False, **f, **bwd})
+    x, c, f = flags("fp64")
+    build(I._info_nce_fwd_kernel, {"q_ptr": x, "k_ptr": x, "y_ptr": x, "loss_ptr": c, "lse_ptr": c, "N": "i32",
+          "D": "i32", "tau_bits": "i64"}, {"QUERIES": True, **f, **fwd})
+    x, c, f = flags("fp16")
+    build(I._info_nce_bwd_kernel, {"own_ptr": x, "oth_ptr": x, "q_ptr": x, "k_ptr": x, "g_ptr": c, "lse_ptr": c,
+          "out_ptr": c, "diag_ptr": c, "N": "i32", "D": "i32", "tau_bits": "i64"},
+          {"COL": False, "QUERIES": True, **f, **bwd})
+    x, c, f = flags("bf16")
+    build(U._uniform_fwd_kernel, {"p_ptr": x, "g_ptr": x, "lse_ptr": c, "N": "i32", "D": "i32",
+          "kappa_bits": "i64"}, {**f, **fwd})
+    x, c, f = flags("fp32")
+    build(U._uniform_bwd_kernel, {"own_ptr": x, "oth_ptr": x, "gr_ptr": c, "lse_ptr": c, "out_ptr": c,
+          "N": "i32", "D": "i32", "kappa_bits": "i64"}, {"COL": True, **f, **bwd})
+    x, c, f = flags("bf16")
+    build(P.finish_kernel, {"x_ptr": x, "a_ptr": c, "b_ptr": c, "out_ptr": x, "N": "i32", "D": "i32"},
+          {"HAS_B": True, "NORMALIZE": True, "BF16": True, "FP64": False, **P.FINISH_CONFIGS[1].kwargs})
+    print("COMPILED")
+""")
+
+
+def test_launchers_trace_and_kernels_compile_for_gpu(tmp_path):
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_CACHE_DIR": str(tmp_path / "triton-cache")}
+    proc = subprocess.run([sys.executable, "-c", _TRACE_AND_COMPILE, str(REPO)], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "TRACED" in proc.stdout
+    if "NO-NVIDIA-BACKEND" in proc.stdout:
+        pytest.skip("triton's NVIDIA backend (ptxas) is not installed: traced, not compiled")
+    assert "COMPILED" in proc.stdout, proc.stdout + proc.stderr
