@@ -170,15 +170,16 @@ def tile_dot(x_ptr, y_ptr, rows, row_ok, cols, col_ok, D, CT: tl.constexpr, BF16
     for d0 in range(0, D, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
         d_ok = d < D
+        # Both tiles are loaded row-major (coalesced along D); the y tile is transposed for the dot.
         x = tl.load(x_ptr + (rows[:, None] * D + d[None, :]), mask=row_ok[:, None] & d_ok[None, :], other=0)
-        yt = tl.load(y_ptr + (cols[None, :] * D + d[:, None]), mask=col_ok[None, :] & d_ok[:, None], other=0)
+        y = tl.load(y_ptr + (cols[:, None] * D + d[None, :]), mask=col_ok[:, None] & d_ok[None, :], other=0)
         if BF16:  # int16 bit patterns of bf16: widen exactly
             x = (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
-            yt = (yt.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+            y = (y.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
         x = x.to(CT)
-        yt = yt.to(CT)
-        acc = tl.dot(x, yt, acc, input_precision=IP)
-        ss += tl.sum(yt * yt, axis=0)
+        y = y.to(CT)
+        acc = tl.dot(x, tl.trans(y), acc, input_precision=IP)
+        ss += tl.sum(y * y, axis=1)
     return acc, ss
 
 
