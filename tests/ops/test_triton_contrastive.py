@@ -417,6 +417,25 @@ def test_uniform_rows_half_and_fp64(dtype):
 
 
 # ----------------------------------------------------------------------------------------------
+# The GPU tile configs (rectangular tiles, one D chunk, wide feature chunks), forced one at a time.
+
+
+def test_other_tile_configs(monkeypatch):
+    P = _kernels("_pairwise_rows")
+    fwd, bwd = P.FWD_CONFIGS[2], P.BWD_CONFIGS[3]  # 32 × 64 × 64 and 64 × 32 × 32 (128-wide chunks)
+    for kernel in (ksup._supcon_fwd_kernel, knce._info_nce_fwd_kernel, kuni._uniform_fwd_kernel):
+        monkeypatch.setattr(kernel, "configs", [fwd])
+    for kernel in (ksup._supcon_bwd_kernel, knce._info_nce_bwd_kernel, kuni._uniform_bwd_kernel):
+        monkeypatch.setattr(kernel, "configs", [bwd])
+    monkeypatch.setattr(P.finish_kernel, "configs", [P.FINISH_CONFIGS[1]])
+    g = torch.Generator().manual_seed(9)
+    z = _feats(65, 50, g, True)
+    _check_supcon(z, _labels(65, g, "mixed"), 0.07, True, True)
+    _check_info_nce(z, _feats(65, 50, g, True), 0.1, True, True)
+    _check_uniform(z, _feats(65, 50, g, True), 2.0, True)
+
+
+# ----------------------------------------------------------------------------------------------
 # Argument checks.
 
 
