@@ -13,8 +13,10 @@ explicit ``input_precision`` constexpr. The ``N × M`` similarity never leaves r
 * **Backward by recomputation, no atomics.** A backward kernel owns a block of rows *and* a chunk of
   ``BLOCK_DO`` features (grid ``(row blocks, D chunks)``), rebuilds each similarity tile over the whole of D,
   forms the tile's ``dS`` and accumulates ``dS·Ŷ[:, chunk]`` in registers, then writes its ``[BLOCK_M,
-  BLOCK_DO]`` block of a fp32 buffer once. Row-owned and column-owned launches of the same kernel give
-  ``dX̂`` and ``dŶ``. :func:`_finish_kernel` then adds the buffers and goes back through the normalisation,
+  BLOCK_DO]`` block of a fp32 buffer once (the price: the tiles are rebuilt once per feature chunk, so
+  ``⌈D/BLOCK_DO⌉`` times; BLOCK_DO is 64–128 in the GPU configs). Row-owned and column-owned launches of
+  the same kernel give ``dX̂`` and ``dŶ``. :func:`finish_kernel` then adds the buffers and goes back through
+  the normalisation,
   ``dx = (dx̂ − x̂ (x̂·dx̂)) / max(‖x‖, 1e-12)``, with a zero gradient for zero-norm rows and no projection
   for rows with ``0 < ‖x‖ < 1e-12`` (the clamp is active there), exactly like the reference
   ``msa_fast.ops._contrastive.normalize_rows``.
