@@ -19,14 +19,16 @@ Every measurement runs in a fresh subprocess, so memory is not shared between th
   same sampler (uniform shuffle) over the in-memory arrays through the same ``StoreDataset``/``Batch`` code.
 
 Throughput (metric ``throughput``, samples/s): p50/p20/p80 over windows of 4 consecutive batches (the
-first 2 batches of the run are warm-up). Memory (metric ``memory``, MiB): the largest PSS of the
+first 2 batches of the run are warm-up); the 1-minute load average before and after each measurement is
+recorded (on a shared machine, read the numbers with it in mind). Memory (metric ``memory``, MiB): the largest PSS of the
 subprocess and its DataLoader workers, sampled every batch, minus the PSS measured after the imports
 and before any data was touched (so it is what the data path itself keeps resident; PSS splits pages
 shared between the workers and the parent). ``peak_rss`` (MiB) is the kernel's high-water RSS of the main
 process (VmHWM, reset after the imports through /proc/self/clear_refs) minus the RSS at that point: for
 the pickle it includes the transient full unpickled file.
 
-    python benchmarks/bench_data.py                      # ~3 min on 2 CPU cores, ~8 GB RAM peak
+    python benchmarks/bench_data.py                      # ~5-8 min on 2 CPU cores (an 8 GB pickle is
+                                                         # written and read), ~10 GB RAM peak
     python benchmarks/bench_data.py --samples 2048 --epochs 2
     msa-fast bench data [same options]
 """
@@ -183,7 +185,8 @@ def _run_child(cfg: dict) -> dict:
 # ---------------------------------------------------------------------------- data preparation
 
 
-def prepare(workdir: Path, n: int, dtype: str, compression: str | None, pickle_dtype: str) -> tuple[str, str, dict]:
+def prepare(workdir: Path, n: int, dtype: str, compression: str | None, pickle_dtype: str,
+            write_pickle: bool = True) -> tuple[str, str | None, dict]:
     """Write ``n`` train samples (and valid/test in MOSEI's proportions) as a store and as an MMSA pickle."""
     import pickle
 
@@ -204,6 +207,9 @@ def prepare(workdir: Path, n: int, dtype: str, compression: str | None, pickle_d
     t = time.perf_counter()
     write_store(store, splits, synthetic_meta("mosei", seed=0, scale=scale), dtype=dtype, compression=compression)
     store_s = time.perf_counter() - t
+    if not write_pickle:
+        return str(store), None, {"generate_s": gen_s, "write_store_s": store_s, "sizes": sizes,
+                                  "store_bytes": os.path.getsize(store), "write_pickle_s": 0.0, "pickle_bytes": 0}
     # the same samples as an MMSA unaligned_50.pkl, in MMSA's exact layout
     rng = np.random.default_rng(0)
     mmsa = {}
@@ -283,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         harness.log(f"preparing {args.samples} MOSEI-shaped unaligned samples in {workdir} ...")
         store, pkl, prep = prepare(workdir, args.samples, args.dtype,
-                                   None if args.compression == "none" else args.compression, args.pickle_dtype)
+                                   None if args.compression == "none" else args.compression, args.pickle_dtype,
+                                   write_pickle=not args.no_pickle)
         harness.log(f"  store {prep['store_bytes'] / 2**20:.0f} MiB ({prep['write_store_s']:.1f} s), pickle "
                     f"{prep['pickle_bytes'] / 2**20:.0f} MiB ({prep['write_pickle_s']:.1f} s)")
         runs = []
@@ -298,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         for provider, mode, cfg in runs:
             cfg.update(epochs=args.epochs, threads=args.threads)
             harness.log(f"measuring {provider} {mode} ...")
+            load_before = os.getloadavg()[0]
             r = _run_child(cfg)
+            r["loadavg_1min_before_after"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
             results.append((provider, mode, r))
             extra = {"samples": args.samples, "batch": BATCH, "epochs": args.epochs, "store_dtype": args.dtype,
                      "compression": args.compression, "pickle_dtype": args.pickle_dtype,
@@ -325,12 +334,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"store {prep['store_bytes'] / 2**20:.0f} MiB ({args.dtype}, compression {args.compression}); "
               f"MMSA pickle {prep['pickle_bytes'] / 2**20:.0f} MiB (audio/vision {args.pickle_dtype})")
         print(f"{'provider':<12} {'mode':<22} {'samples/s p50 [p20, p80]':<30} {'resident MiB':>12} "
-              f"{'peak RSS MiB':>12} {'load s':>7}")
+              f"{'peak RSS MiB':>12} {'load s':>7}  loadavg")
         for provider, mode, r in results:
             s = _stats(r["rates"])
             print(f"{provider:<12} {mode:<22} {s.p50:>9.0f} [{s.p20:>7.0f}, {s.p80:>7.0f}]      "
                   f"{r['memory_mib']:>12.0f} {r['peak_rss_mib']:>12.0f} "
-                  f"{r.get('load_s', float('nan')):>7.1f}")
+                  f"{r.get('load_s', float('nan')):>7.1f}  {r['loadavg_1min_before_after']}")
         if not args.no_csv:
             path = harness.append_csv(rows, args.csv or harness.DEFAULT_CSV)
             print(f"\n{len(rows)} rows appended to {path}")
