@@ -58,7 +58,8 @@ import numpy as np
 from msa_fast.data.schema import SPLITS
 
 __all__ = ["MMSAPickleError", "ForbiddenGlobalError", "RestrictedUnpickler", "load_pickle", "read_mmsa",
-           "convert_split", "mmsa_to_store", "MMSAData", "infer_dataset", "OFFICIAL_SHA256", "summarize_pickle"]
+           "convert_split", "mmsa_to_store", "MMSAData", "infer_dataset", "OFFICIAL_SHA256", "summarize_pickle",
+           "split_id", "ID_SEPARATOR"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,18 @@ _LABEL_KEYS = {"regression_labels": "regression", "regression_labels_T": "regres
                "regression_labels_A": "regression_A", "regression_labels_V": "regression_V"}
 _KNOWN_IGNORED = ("raw_text", "annotations", "classification_labels", "classification_labels_T",
                   "classification_labels_A", "classification_labels_V")
+
+
+#: MMSA's separator between video id and clip id (data.md §1.1, trap 9).
+ID_SEPARATOR = "$_$"
+
+
+def split_id(sample_id: str) -> tuple[str, str]:
+    """``'03bSnISJMiM$_$11'`` -> ``('03bSnISJMiM', '11')``; raises ValueError without the separator."""
+    video, sep, clip = str(sample_id).rpartition(ID_SEPARATOR)
+    if not sep:
+        raise ValueError(f"sample id {sample_id!r} has no {ID_SEPARATOR!r} separator between video and clip id")
+    return video, clip
 
 
 class MMSAPickleError(ValueError):

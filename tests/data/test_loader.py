@@ -190,3 +190,14 @@ def test_to_batch_minimal():
     assert b.audio.dtype == torch.float32 and b.audio_mask.tolist() == [[True, False, False], [True, True, True]]
     assert b.index.tolist() == [7, 9] and b.id == ["a$_$1", "b$_$2"]
     assert b.to("cpu").y.tolist() == [0.5, -1.0]
+
+
+def test_streaming_keeps_only_small_arrays(store):
+    # the reader keeps arrays of at most small_array_bytes (32 MiB by default: labels, lengths, ids, token
+    # ids; MOSEI's audio/vision are ~1-2 GiB) in memory; everything else is read per batch
+    ds = StoreDataset(StoreReader(store, small_array_bytes=1 << 20), "train")
+    for idx in ([0, 1, 2], [300, 5]):
+        ds[idx]
+    assert ds.arrays is None and not ds.in_memory
+    cached = {k for (_, k) in ds.reader._small}
+    assert not cached & {"audio", "vision", "text_feat"} and "regression" in cached

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from msa_fast.data.mmsa_pickle import (ForbiddenGlobalError, MMSAPickleError, load_pickle, mmsa_to_store, read_mmsa,
-                                       summarize_pickle)
+                                       split_id, summarize_pickle)
 from msa_fast.data.store import StoreReader, verify
 
 from .formats import REAL, mmsa_dict, write_pickle
@@ -265,3 +265,10 @@ def test_summarize(tmp_path):
     p = write_pickle(tmp_path / "f.pkl", mmsa_dict("sims", False, sizes=(3, 2, 2)))
     s = summarize_pickle(p)
     assert "inferred dataset sims" in s and "regression_labels_T" in s and "(3, 400, 33)" in s
+
+
+def test_split_id():
+    assert split_id("03bSnISJMiM$_$11") == ("03bSnISJMiM", "11")
+    assert split_id("video_0001$_$0001") == ("video_0001", "0001")
+    with pytest.raises(ValueError, match="separator"):
+        split_id("abc_1")
