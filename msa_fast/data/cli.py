@@ -121,6 +121,23 @@ def _convert(args) -> int:
         sizes = ", ".join(f"{s} {r.num_samples(s)}" for s in r.splits)
         print(f"wrote {out}: {r.meta['dataset']} ({sizes}), {args.dtype}, compression {args.compression}; "
               f"source {meta['source']}")
+    for key, what in (("neg_inf_replaced", "audio -inf replaced by 0"), ("nonfinite_zeroed", "non-finite zeroed"),
+                      ("lengths_capped", "lengths capped at the padded length"),
+                      ("zero_lengths_raised", "zero lengths raised to 1"),
+                      ("samples_with_frames_past_length", "samples with non-zero frames past their length"
+                       + (" (zeroed)" if meta.get("zero_beyond_length") else " (kept)"))):
+        v = meta.get(key)
+        total = sum(x if isinstance(x, int) else sum(x.values()) for x in v.values()) if isinstance(v, dict) else v
+        if total:
+            print(f"  {what}: {v}")
+    if meta.get("ignored_keys"):
+        shown = sorted({k.split("/")[-1] for k in meta["ignored_keys"]})
+        print(f"  not stored: {', '.join(shown)}" + ("" if args.text_features else
+                                                     " (--text-features keeps MMSA's `text` BERT features)"))
+    for key in ("videos_not_in_every_sequence", "videos_in_no_fold", "fold_videos_missing", "segments_without_words",
+                "neg_inf_replaced", "nonfinite_zeroed"):
+        if meta.get("source_format") == "cmu-sdk-csd" and meta.get(key):
+            print(f"  {key.replace('_', ' ')}: {meta[key]}")
     return 0
 
 
