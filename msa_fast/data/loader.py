@@ -11,7 +11,9 @@
   ``sort_batches=False`` shuffles the order inside each batch instead. A batch touches whole chunks: with MOSEI unaligned
   (4-8 samples per chunk) random single samples would read 4-8x the bytes they use. ``block_size=1``
   is a plain uniform shuffle. ``state_dict()`` / ``load_state_dict()`` hold ``(epoch, position)``
-  for exact resume: ``position`` is the number of batches of ``epoch`` already delivered.
+  for exact resume: ``position`` is the number of batches of ``epoch`` already delivered (driven by a
+  :class:`StoreLoader`; iterated directly, or by a plain DataLoader that prefetches, it counts the
+  batches handed out).
 * :class:`StoreDataset` is a map-style dataset whose ``__getitem__`` takes a **list of indices** and
   returns a :class:`Batch` read with one :meth:`StoreReader.read_batch` call (sorted, de-duplicated,
   chunk-aligned reads; see the store). ``in_memory=True`` reads the split once and indexes it in RAM;
