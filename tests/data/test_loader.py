@@ -201,3 +201,12 @@ def test_streaming_keeps_only_small_arrays(store):
     assert ds.arrays is None and not ds.in_memory
     cached = {k for (_, k) in ds.reader._small}
     assert not cached & {"audio", "vision", "text_feat"} and "regression" in cached
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs an accelerator")
+def test_pinned_batches(store):
+    ld = make_loader(store, "valid", 16, num_workers=1, pin_memory=True)
+    b = next(iter(ld))
+    assert b.audio.is_pinned() and b.y.is_pinned()
+    g = b.to("cuda", non_blocking=True)
+    assert g.audio.is_cuda and g.id == b.id
