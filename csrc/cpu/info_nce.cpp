@@ -8,7 +8,8 @@
 // ('queries') into a slab; for 'queries' the slab's diagonal entry is replaced by the positive dot
 // q̂_i·k̂_i (a row-wise dot computed once), so both modes are one LSE over a slab row.
 // Backward rebuilds each slab and writes G_ij = g_i (π_ij − δ_ij) ('keys'; π = softmax of the row) or
-// G_ij = g_i π_ij for j ≠ i, G_ii = 0 ('queries', with the positive's g_i (π_ii − 1) kept per row):
+// G_ij = g_i π_ij for j ≠ i, G_ii = 0 ('queries', with the positive's g_i (π_ii − 1) kept per row);
+// π_ii − 1 is formed as −Σ_{j≠i} π_ij:
 //   'keys':    dq̂ = G k̂ / τ,            dk̂ = Gᵀ q̂ / τ;
 //   'queries': dq̂ = (G + Gᵀ) q̂ / τ + diag(Gp) k̂ / τ,   dk̂ = diag(Gp) q̂ / τ;
 // two GEMMs per slab, then back through n(·). When q and k are the same tensor the op still returns
@@ -42,29 +43,40 @@ inline T row_sum_exp(const T* s, int64_t n, T m, T inv_tau) {
   return acc;
 }
 
-// s_j ← g · exp(s_j/τ − lse), the upstream-weighted softmax of the row (backward).
+// s_j ← g · exp(s_j/τ − lse) over [b, e), the upstream-weighted softmax of the row (backward);
+// returns its sum.
 template <typename T>
-inline void row_softmax(T* s, int64_t n, T g, T inv_tau, T lse) {
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) s[j] = g * fast_exp(s[j] * inv_tau - lse);
+inline T row_softmax(T* s, int64_t b, int64_t e, T g, T inv_tau, T lse) {
+  T acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t j = b; j < e; ++j) {
+    const T w = g * fast_exp(s[j] * inv_tau - lse);
+    s[j] = w;
+    acc += w;
+  }
+  return acc;
 }
 
 MSA_VECTOR_CLONES float row_max_f(const float* s, int64_t n) { return row_max(s, n); }
 MSA_VECTOR_CLONES float row_sum_exp_f(const float* s, int64_t n, float m, float it) { return row_sum_exp(s, n, m, it); }
-MSA_VECTOR_CLONES void row_softmax_f(float* s, int64_t n, float g, float it, float lse) { row_softmax(s, n, g, it, lse); }
+MSA_VECTOR_CLONES float row_softmax_f(float* s, int64_t b, int64_t e, float g, float it, float lse) {
+  return row_softmax(s, b, e, g, it, lse);
+}
 
 // float → the vectorised clones; double (gradcheck) → the plain templates.
 template <typename T>
 struct Loops {
   static T max(const T* s, int64_t n) { return row_max(s, n); }
   static T sum_exp(const T* s, int64_t n, T m, T it) { return row_sum_exp(s, n, m, it); }
-  static void softmax(T* s, int64_t n, T g, T it, T lse) { row_softmax(s, n, g, it, lse); }
+  static T softmax(T* s, int64_t b, int64_t e, T g, T it, T lse) { return row_softmax(s, b, e, g, it, lse); }
 };
 template <>
 struct Loops<float> {
   static float max(const float* s, int64_t n) { return row_max_f(s, n); }
   static float sum_exp(const float* s, int64_t n, float m, float it) { return row_sum_exp_f(s, n, m, it); }
-  static void softmax(float* s, int64_t n, float g, float it, float lse) { row_softmax_f(s, n, g, it, lse); }
+  static float softmax(float* s, int64_t b, int64_t e, float g, float it, float lse) {
+    return row_softmax_f(s, b, e, g, it, lse);
+  }
 };
 
 void check_inputs(const at::Tensor& q, const at::Tensor& k, double temperature) {
@@ -85,6 +97,16 @@ void check_inputs(const at::Tensor& q, const at::Tensor& k, double temperature) 
   TORCH_CHECK_VALUE(temperature > 0, "msa_fast.ops.info_nce: temperature must be > 0, got ", temperature);
 }
 
+// u = n(x) as x / max(‖x‖, eps) (a division, like the reference's F.normalize: a 1-D row becomes exactly
+// ±1, so the tangential gradient of D = 1 is exactly 0), zero rows → 0; norms kept for backward.
+pairwise::Normalized normalize_rows(const at::Tensor& x, at::ScalarType compute, bool normalize) {
+  at::Tensor xc = x.to(compute).contiguous();
+  if (!normalize) return {xc, at::Tensor()};
+  at::Tensor norm = at::linalg_vector_norm(xc, 2, {1}, /*keepdim=*/true);
+  const at::Tensor nonzero = norm != 0, safe = norm.clamp_min(pairwise::kNormEps);
+  return {xc / safe * nonzero, (safe.reciprocal() * nonzero).squeeze(1)};
+}
+
 at::ScalarType compute_type(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
 // q and k are one tensor (k is q): normalise once.
@@ -101,8 +123,8 @@ struct Prepared {
 Prepared prepare(const at::Tensor& q, const at::Tensor& k, bool negatives_queries, bool normalize) {
   const at::ScalarType ct = compute_type(q);
   Prepared p;
-  p.q = pairwise::normalize_rows(q, ct, normalize);
-  p.k = same_tensor(q, k) ? p.q : pairwise::normalize_rows(k, ct, normalize);
+  p.q = normalize_rows(q, ct, normalize);
+  p.k = same_tensor(q, k) ? p.q : normalize_rows(k, ct, normalize);
   if (negatives_queries) p.pos_dot = (p.q.u * p.k.u).sum(1);
   return p;
 }
@@ -189,13 +211,15 @@ std::tuple<at::Tensor, at::Tensor> info_nce_rows_backward_cpu(const at::Tensor& 
             if (negatives_queries) gpos_p[i] = T(0);
             continue;
           }
-          if (negatives_queries) row[i] = pos[i];
-          Loops<T>::softmax(row, N, gp[i], inv_tau, lp[i]);  // g_i π_ij
+          // g_i π_ij off the diagonal; the positive's g_i (π_ii − 1) is taken as −Σ_{j≠i} g_i π_ij (no
+          // cancellation when π_ii ≈ 1, and exactly 0 for N = 1).
+          const T others = Loops<T>::softmax(row, 0, i, gp[i], inv_tau, lp[i]) +
+                           Loops<T>::softmax(row, i + 1, N, gp[i], inv_tau, lp[i]);
           if (negatives_queries) {
-            gpos_p[i] = row[i] - gp[i];  // g_i (π_ii − 1) on the positive a_ii
-            row[i] = T(0);               // b_ii is not a term
+            gpos_p[i] = -others;  // on the positive a_ii = q̂_i·k̂_i/τ
+            row[i] = T(0);        // b_ii is not a term
           } else {
-            row[i] -= gp[i];  // g_i (π_ii − 1)
+            row[i] = -others;
           }
         }
       });

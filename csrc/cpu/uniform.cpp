@@ -114,6 +114,16 @@ void check_inputs(const at::Tensor& p, const at::Tensor& g, double kappa) {
   TORCH_CHECK_VALUE(kappa >= 0, "msa_fast.ops.uniform_loss: kappa must be >= 0, got ", kappa);
 }
 
+// u = n(x) as x / max(‖x‖, eps) (a division, like the reference's F.normalize: a 1-D row becomes exactly
+// ±1, so the tangential gradient of D = 1 is exactly 0), zero rows → 0; norms kept for backward.
+pairwise::Normalized normalize_rows(const at::Tensor& x, at::ScalarType compute, bool normalize) {
+  at::Tensor xc = x.to(compute).contiguous();
+  if (!normalize) return {xc, at::Tensor()};
+  at::Tensor norm = at::linalg_vector_norm(xc, 2, {1}, /*keepdim=*/true);
+  const at::Tensor nonzero = norm != 0, safe = norm.clamp_min(pairwise::kNormEps);
+  return {xc / safe * nonzero, (safe.reciprocal() * nonzero).squeeze(1)};
+}
+
 at::ScalarType compute_type(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
 bool same_tensor(const at::Tensor& a, const at::Tensor& b) {
@@ -129,9 +139,9 @@ struct Prepared {
 Prepared prepare(const at::Tensor& p, const at::Tensor& g, bool normalize) {
   const at::ScalarType ct = compute_type(p);
   Prepared pr;
-  pr.p = pairwise::normalize_rows(p, ct, normalize);
+  pr.p = normalize_rows(p, ct, normalize);
   const bool same = same_tensor(p, g);
-  pr.g = same ? pr.p : pairwise::normalize_rows(g, ct, normalize);
+  pr.g = same ? pr.p : normalize_rows(g, ct, normalize);
   pr.p_sq = (pr.p.u * pr.p.u).sum(1);
   pr.g_sq = same ? pr.p_sq : (pr.g.u * pr.g.u).sum(1);
   return pr;

@@ -175,3 +175,212 @@ def test_errors():
 
 def test_public_reference_name():
     assert reference.info_nce is info_nce_reference
+
+
+# ==================================================================================================
+# Fused backends (C++ CPU on the engine of ops.md §1; Triton under the interpreter; CUDA on a GPU)
+# against the reference: values, gradients, edge cases, opcheck, torch.compile.
+
+import msa_fast.ops as ops  # noqa: E402
+from tests.ops.backends import fast_backends  # noqa: E402
+
+FUSED = fast_backends("info_nce_rows", "info_nce_rows_triton")
+NOT_TRITON = [p for p in FUSED if p.values[0] != "triton"]
+NEGATIVES = ["queries", "keys"]
+FP32_TOL = dict(rtol=1e-5, atol=1e-6)
+FP32_GRAD_TOL = dict(rtol=1e-4, atol=1e-5)
+LOW_TOL = dict(rtol=5e-2, atol=1e-2)
+
+
+def fused_and_reference(q, k, backend, *args, same=False, **kw):
+    """Values and gradients (w.r.t. q and k, or q alone when ``same``) of the fused op and the reference."""
+    q1, q2 = (q.detach().clone().requires_grad_() for _ in range(2))
+    k1, k2 = (q1, q2) if same else (k.detach().clone().requires_grad_() for _ in range(2))
+    a = ops.info_nce(q1, k1, *args, backend=backend, **kw)
+    b = info_nce_reference(q2, k2, *args, **kw)
+    w = torch.randn(a.shape, device=a.device) if a.dim() else torch.tensor(1.7, device=a.device)
+    ga = torch.autograd.grad((a * w).sum(), (q1,) if same else (q1, k1))
+    gb = torch.autograd.grad((b * w).sum(), (q2,) if same else (q2, k2))
+    return a, b, ga, gb
+
+
+def assert_grads_close(ga, gb, **tol):
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x.float(), y.float(), **tol)
+
+
+@pytest.mark.parametrize("backend, device", FUSED)
+@pytest.mark.parametrize("N, D", [(1, 3), (2, 3), (3, 1), (17, 50), (65, 384)])
+@pytest.mark.parametrize("negatives", NEGATIVES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_fused_matches_reference(backend, device, N, D, negatives, reduction):
+    q, k = torch.randn(N, D, device=device), torch.randn(N, D, device=device)
+    a, b, ga, gb = fused_and_reference(q, k, backend, 0.1, negatives, reduction=reduction)
+    assert a.dtype == torch.float32 and a.shape == b.shape
+    torch.testing.assert_close(a, b, **FP32_TOL)
+    assert_grads_close(ga, gb, **FP32_GRAD_TOL)
+
+
+@pytest.mark.parametrize("backend, device", NOT_TRITON)
+@pytest.mark.parametrize("N, D", [(1000, 384), (1025, 3)])
+@pytest.mark.parametrize("negatives", NEGATIVES)
+def test_fused_large_and_odd(backend, device, N, D, negatives):
+    q, k = torch.randn(N, D, device=device), torch.randn(N, D, device=device)
+    a, b, ga, gb = fused_and_reference(q, k, backend, 0.1, negatives, reduction="none")
+    torch.testing.assert_close(a, b, **FP32_TOL)
+    assert_grads_close(ga, gb, **FP32_GRAD_TOL)
+
+
+@pytest.mark.parametrize("backend, device", NOT_TRITON)
+@pytest.mark.parametrize("negatives", NEGATIVES)
+def test_fused_d_equals_one_large(backend, device, negatives):
+    # D = 1 with normalisation: every row is ±1, so the true gradient is exactly 0. The fused path gives
+    # exactly 0 (tangential projection of an exact ±1); the reference's autograd through the division
+    # leaves rounding noise of the size of the upstream gradient times 1 ulp, so it is not compared.
+    q, k = torch.randn(1000, 1, device=device), torch.randn(1000, 1, device=device)
+    a, b, ga, _ = fused_and_reference(q, k, backend, 0.1, negatives, reduction="none")
+    torch.testing.assert_close(a, b, **FP32_TOL)
+    assert all((g == 0).all() for g in ga)
+    a, b, ga, gb = fused_and_reference(q * 0.5, k * 0.5, backend, 0.7, negatives, normalize=False)
+    torch.testing.assert_close(a, b, **FP32_TOL)
+    assert_grads_close(ga, gb, **FP32_GRAD_TOL)
+
+
+@pytest.mark.parametrize("backend, device", FUSED)
+@pytest.mark.parametrize("tau", [0.05, 0.1, 0.7])
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("negatives", NEGATIVES)
+def test_fused_temperatures_and_raw_dots(backend, device, tau, normalize, negatives):
+    scale = 1.0 if normalize else 0.3
+    q, k = torch.randn(33, 12, device=device) * scale, torch.randn(33, 12, device=device) * scale
+    a, b, ga, gb = fused_and_reference(q, k, backend, tau, negatives, normalize=normalize, reduction="none")
+    torch.testing.assert_close(a, b, **FP32_TOL)
+    assert_grads_close(ga, gb, **FP32_GRAD_TOL)
+
+
+@pytest.mark.parametrize("backend, device", FUSED)
+@pytest.mark.parametrize("negatives", NEGATIVES)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_fused_q_is_k(backend, device, negatives, normalize):
+    q = torch.randn(19, 7, device=device) * (1.0 if normalize else 0.4)
+    a, b, ga, gb = fused_and_reference(q, None, backend, 0.2, negatives, same=True, normalize=normalize,
+                                       reduction="none")
+    torch.testing.assert_close(a, b, **FP32_TOL)
+    assert_grads_close(ga, gb, **FP32_GRAD_TOL)
+    # the two modes coincide when k is q
+    torch.testing.assert_close(ops.info_nce(q, q, 0.2, "queries", backend=backend),
+                               ops.info_nce(q, q, 0.2, "keys", backend=backend), **FP32_TOL)
+
+
+@pytest.mark.parametrize("backend, device", FUSED)
+@pytest.mark.parametrize("negatives", NEGATIVES)
+def test_fused_identical_rows(backend, device, negatives):
+    q = torch.randn(1, 5, device=device).expand(9, 5).contiguous()
+    a, b, ga, gb = fused_and_reference(q, q * 2, backend, 0.1, negatives)
+    torch.testing.assert_close(a, torch.tensor(math.log(9), device=device), **FP32_TOL)
+    torch.testing.assert_close(a, b, **FP32_TOL)
+    assert_grads_close(ga, gb, **FP32_GRAD_TOL)
+
+
+@pytest.mark.parametrize("backend, device", FUSED)
+@pytest.mark.parametrize("negatives", NEGATIVES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_fused_single_row_is_exactly_zero(backend, device, negatives, reduction):
+    q = torch.randn(1, 4, device=device, requires_grad=True)
+    k = torch.randn(1, 4, device=device, requires_grad=True)
+    out = ops.info_nce(q, k, 0.1, negatives, reduction=reduction, backend=backend)
+    assert out.dtype == torch.float32 and (out == 0).all()
+    gq, gk = torch.autograd.grad(out.sum(), (q, k))
+    assert (gq == 0).all() and (gk == 0).all()
+
+
+@pytest.mark.parametrize("backend, device", FUSED)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("negatives", NEGATIVES)
+def test_fused_low_precision(backend, device, dtype, negatives):
+    q, k = torch.randn(40, 24, device=device).to(dtype), torch.randn(40, 24, device=device).to(dtype)
+    a, b, ga, gb = fused_and_reference(q, k, backend, 0.05, negatives)
+    assert a.dtype == torch.float32 and all(g.dtype == dtype for g in ga)
+    torch.testing.assert_close(a, b, **LOW_TOL)
+    assert_grads_close(ga, gb, **LOW_TOL)
+
+
+@pytest.mark.parametrize("backend, device", FUSED)
+def test_fused_nan_propagation_and_check_finite(backend, device):
+    q, k = torch.randn(5, 3, device=device), torch.randn(5, 3, device=device)
+    k_nan = k.clone()
+    k_nan[2, 0] = float("nan")
+    per = ops.info_nce(q, k_nan, 0.1, "queries", reduction="none", backend=backend)
+    assert torch.isnan(per[2]) and torch.isfinite(per[[0, 1, 3, 4]]).all()
+    assert torch.isnan(ops.info_nce(q, k_nan, 0.1, "keys", reduction="none", backend=backend)).all()
+    q_nan = q.clone()
+    q_nan[4, 1] = float("nan")
+    assert torch.isnan(ops.info_nce(q_nan, k, 0.1, "queries", reduction="none", backend=backend)).all()
+    assert torch.isnan(ops.info_nce(q_nan, k, 0.1, "keys", reduction="none", backend=backend)[4])
+    with pytest.raises(ValueError, match=r"msa_fast.ops.info_nce: k has 1 non-finite entries"):
+        ops.info_nce(q, k_nan, check_finite=True, backend=backend)
+
+
+@pytest.mark.parametrize("backend, device", NOT_TRITON)
+@pytest.mark.parametrize("negatives", NEGATIVES)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_fused_gradcheck_fp64(backend, device, negatives, normalize):
+    q = torch.randn(7, 3, dtype=torch.float64, device=device, requires_grad=True)
+    k = torch.randn(7, 3, dtype=torch.float64, device=device, requires_grad=True)
+    fn = lambda a, b: ops.info_nce(a, b, 0.3, negatives, normalize=normalize, reduction="none",  # noqa: E731
+                                   backend=backend)
+    assert fn(q, k).dtype == torch.float64
+    assert torch.autograd.gradcheck(fn, (q, k))
+    assert torch.autograd.gradcheck(lambda a: ops.info_nce(a, a, 0.3, negatives, normalize=normalize,
+                                                           backend=backend), (q,))
+
+
+def test_fused_opcheck():
+    q, k = torch.randn(13, 7, requires_grad=True), torch.randn(13, 7, requires_grad=True)
+    for negatives_queries in (False, True):
+        for normalize in (True, False):
+            torch.library.opcheck(torch.ops.msa_fast.info_nce_rows.default, (q, k, 0.1, negatives_queries, normalize))
+        torch.library.opcheck(torch.ops.msa_fast.info_nce_rows.default, (q, q, 0.5, negatives_queries, True))
+
+
+def test_fused_torch_compile_fullgraph():
+    def f(q, k):
+        return ops.info_nce(q, k, backend="cpp") + ops.info_nce(q, k, 0.05, "keys", backend="cpp")
+
+    q, k = torch.randn(21, 8, requires_grad=True), torch.randn(21, 8, requires_grad=True)
+    out = torch.compile(f, fullgraph=True)(q, k)
+    grads = torch.autograd.grad(out, (q, k))
+    q2, k2 = (t.detach().clone().requires_grad_() for t in (q, k))
+    out2 = f(q2, k2)
+    grads2 = torch.autograd.grad(out2, (q2, k2))
+    torch.testing.assert_close(out, out2)
+    assert_grads_close(grads, grads2)
+
+
+def test_fused_auto_and_errors():
+    q, k = torch.randn(8, 3), torch.randn(8, 3)
+    torch.testing.assert_close(ops.info_nce(q, k), ops.info_nce(q, k, backend="cpp"))
+    torch.testing.assert_close(ops.info_nce(q, k, backend="reference"), info_nce_reference(q, k))
+    # fp64 under auto runs the reference
+    torch.testing.assert_close(ops.info_nce(q.double(), k.double()), info_nce_reference(q.double(), k.double()))
+    with pytest.raises(ValueError, match=r"^msa_fast\.ops\.info_nce: q is empty \(shape \(0, 16\)\)$"):
+        ops.info_nce(torch.randn(0, 16), torch.randn(0, 16))
+    with pytest.raises(ValueError, match=r"q and k must have the same shape, got \(4, 3\) and \(5, 3\)"):
+        ops.info_nce(torch.randn(4, 3), torch.randn(5, 3))
+    with pytest.raises(TypeError, match="share a dtype"):
+        ops.info_nce(q, k.half())
+    with pytest.raises(ValueError, match="negatives"):
+        ops.info_nce(q, k, negatives="both")
+    with pytest.raises(ValueError, match="temperature"):
+        ops.info_nce(q, k, 0.0)
+    with pytest.raises(ValueError, match="unknown backend"):
+        ops.info_nce(q, k, backend="fast")
+    with pytest.raises(RuntimeError, match="cuda.*not available"):
+        ops.info_nce(q, k, backend="cuda")
+    # the C++ op checks its own inputs
+    with pytest.raises(ValueError, match=r"q and k must have the same shape"):
+        torch.ops.msa_fast.info_nce_rows(q, k[:3], 0.1, True, True)
+    with pytest.raises(ValueError, match=r"temperature must be > 0"):
+        torch.ops.msa_fast.info_nce_rows(q, k, -1.0, True, True)
+    with pytest.raises(ValueError, match=r"per-row tensors must have N = 8"):
+        torch.ops.msa_fast.info_nce_rows_backward(torch.ones(3), q, k, torch.ones(8), 0.1, True, True)
