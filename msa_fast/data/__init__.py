@@ -7,10 +7,14 @@
   :class:`StoreReader`, :func:`verify`, :func:`describe`.
 * :mod:`msa_fast.data.synthetic` — :func:`make_synthetic` / :func:`write_synthetic_store`, a deterministic
   MOSI/MOSEI/SIMS-shaped dataset whose labels follow the real label distribution and whose modalities carry a learnable,
-  modality-specific sentiment signal.
+  modality-specific sentiment signal; by default its English text is tokenised by the packaged
+  bert-base-uncased tokenizer (:mod:`msa_fast.text`).
+* :mod:`msa_fast.data.default` — :func:`default_dataset`, the main job's embedded default dataset: the
+  synthetic MOSEI-shaped store, created once in a cache directory (``$MSA_FAST_CACHE`` or
+  ``~/.cache/msa_fast``) and reused.
 
 Importing this package is light: h5py is imported only inside the store functions, transformers only
-by the caller that passes a tokenizer. The names below are resolved lazily on first access.
+when a tokenizer is loaded (inside the synthetic generator). The names below are resolved lazily on first access.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ __all__ = [
     "write_store", "StoreReader", "verify", "describe", "VerifyReport",
     "StoreError", "StoreFormatError", "StoreCorruptError", "FORMAT_VERSION",
     "make_synthetic", "make_synthetic_split", "write_synthetic_store", "synthetic_meta",
+    "default_dataset", "default_dataset_path", "default_cache_dir", "DEFAULT_SCALE", "DEFAULT_DTYPE",
 ]
 
 _WHERE = {
@@ -32,6 +37,8 @@ _WHERE = {
     "StoreCorruptError": "store", "FORMAT_VERSION": "store",
     "make_synthetic": "synthetic", "make_synthetic_split": "synthetic", "write_synthetic_store": "synthetic",
     "synthetic_meta": "synthetic",
+    "default_dataset": "default", "default_dataset_path": "default", "default_cache_dir": "default",
+    "DEFAULT_SCALE": "default", "DEFAULT_DTYPE": "default",
 }
 
 
