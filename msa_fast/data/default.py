@@ -16,10 +16,13 @@ path. A file that fails the check is re-created, with a warning.
   tokenizer, ``builtin`` = the built-in word vocabulary, else a hash of the tokenizer's name),
   generator version and store format version; a change of any of them makes a new file.
 * **Scale**: :data:`DEFAULT_SCALE` = 0.2 of the real split sizes, i.e. MOSEI 3265 / 374 / 932
-  train / valid / test samples — enough for the models to learn the synthetic signal, small enough
-  for a few minutes of HyCon/MGCL training on 2 CPU cores per epoch-range run. MOSEI unaligned
-  (audio 500 x 74, vision 500 x 35) at this scale stored as float16 is ~0.5 GB (aligned, 50 steps:
-  ~50 MB); ``scale=1.0`` gives the real sizes (16326 / 1871 / 4659; ~2.5 GB as float16).
+  train / valid / test samples — a few thousand training samples, enough for the models to learn
+  the synthetic signal and few enough for minutes-long runs on 2 CPU cores (the text encoder
+  dominates: one training step of the packaged 6-layer MiniLM at batch 32 x 50 tokens took ~5 s on
+  2 busy cores, its forward alone ~1.5 s, so an epoch is ~100 such steps; pass a smaller ``scale``
+  for quicker runs). MOSEI unaligned (audio 500 x 74, vision 500 x 35) at this scale stored as
+  float16 is 480 MiB and takes ~15 s to create (aligned, 50 steps: 52 MiB, ~2 s); ``scale=1.0``
+  gives the real sizes (16326 / 1871 / 4659; ~2.4 GB unaligned as float16).
 * **dtype**: :data:`DEFAULT_DTYPE` = ``'float16'`` storage for audio/vision (half the disk and
   I/O; the loader returns float32 batches as usual); ``'float32'`` is available.
 
