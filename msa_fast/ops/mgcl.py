@@ -17,9 +17,12 @@ micro (T, V, A).
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
 from msa_fast.ops import _contrastive as C
+from msa_fast.ops import _dispatch
 
 OP = "mgcl_contrastive_loss"
 WEIGHTS = ("mgcl", "clgsi", "none")
@@ -210,3 +213,147 @@ def mgcl_contrastive_loss_reference(macro, micro, y, delta=0.4, tau=0.03, label_
     if reduction == "sum":
         return per_sample.sum()
     return per_sample.mean()
+
+
+# ----------------------------------------------------------------------------------------------
+# Fused per-row op (ops.md §1/§5): rows = the 3B macro features, statistics (lse_pos, lse_all) per row.
+# C++: csrc/cpu/mgcl.cpp; Triton twin: kernels/mgcl.py (registered only when that module exists).
+
+
+def _rows_fake(macro, micro, y, delta, tau, label_scale, pos_weight, neg_weight, gain, ordered6, normalize):
+    dtype = C.compute_dtype(macro.dtype)
+    n = macro.shape[0]
+    return macro.new_empty(n, dtype=dtype), macro.new_empty(n, dtype=dtype)
+
+
+def _rows_backward_fake(grad_lse_pos, grad_lse_all, macro, micro, y, lse_pos, lse_all, delta, tau, label_scale,
+                        pos_weight, neg_weight, gain, ordered6, normalize):
+    return (torch.empty_like(macro, memory_format=torch.contiguous_format),
+            torch.empty_like(micro, memory_format=torch.contiguous_format))
+
+
+def _rows_setup_context(ctx, inputs, output):
+    macro, micro, y, *params = inputs
+    ctx.params = tuple(params)
+    lse_pos, lse_all = output
+    ctx.save_for_backward(macro, micro, y, lse_pos, lse_all)
+
+
+def _rows_backward_with(backward_op):
+    def backward(ctx, grad_lse_pos, grad_lse_all):
+        macro, micro, y, lse_pos, lse_all = ctx.saved_tensors
+        # An output the graph did not use arrives as None or zeros; the kernel wants both.
+        if grad_lse_pos is None:
+            grad_lse_pos = torch.zeros_like(lse_pos)
+        if grad_lse_all is None:
+            grad_lse_all = torch.zeros_like(lse_all)
+        dmacro, dmicro = backward_op(grad_lse_pos, grad_lse_all, macro, micro, y, lse_pos, lse_all, *ctx.params)
+        return (dmacro, dmicro) + (None,) * (1 + len(ctx.params))
+
+    return backward
+
+
+if _dispatch.native_built():
+    torch.library.register_fake("msa_fast::mgcl_rows", _rows_fake)
+    torch.library.register_fake("msa_fast::mgcl_rows_backward", _rows_backward_fake)
+    torch.library.register_autograd("msa_fast::mgcl_rows",
+                                    _rows_backward_with(torch.ops.msa_fast.mgcl_rows_backward.default),
+                                    setup_context=_rows_setup_context)
+
+if importlib.util.find_spec("msa_fast.kernels.mgcl") is not None:
+
+    @torch.library.triton_op("msa_fast::mgcl_rows_triton", mutates_args=())
+    def _mgcl_rows_triton(macro: torch.Tensor, micro: torch.Tensor, y: torch.Tensor, delta: float, tau: float,
+                          label_scale: float, pos_weight: str, neg_weight: str, gain: float, ordered6: bool,
+                          normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        from msa_fast.kernels.mgcl import mgcl_rows_forward
+
+        return mgcl_rows_forward(macro, micro, y, delta, tau, label_scale, pos_weight, neg_weight, gain, ordered6,
+                                 normalize)
+
+    @torch.library.triton_op("msa_fast::mgcl_rows_backward_triton", mutates_args=())
+    def _mgcl_rows_backward_triton(grad_lse_pos: torch.Tensor, grad_lse_all: torch.Tensor, macro: torch.Tensor,
+                                   micro: torch.Tensor, y: torch.Tensor, lse_pos: torch.Tensor, lse_all: torch.Tensor,
+                                   delta: float, tau: float, label_scale: float, pos_weight: str, neg_weight: str,
+                                   gain: float, ordered6: bool, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        from msa_fast.kernels.mgcl import mgcl_rows_backward
+
+        return mgcl_rows_backward(grad_lse_pos, grad_lse_all, macro, micro, y, lse_pos, lse_all, delta, tau,
+                                  label_scale, pos_weight, neg_weight, gain, ordered6, normalize)
+
+    torch.library.register_autograd("msa_fast::mgcl_rows_triton",
+                                    _rows_backward_with(torch.ops.msa_fast.mgcl_rows_backward_triton.default),
+                                    setup_context=_rows_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public op.
+
+
+def _has_negatives(y: torch.Tensor, label_scale: float, delta: float) -> torch.Tensor:
+    """``[B]`` bool: sample i has some j ≠ i with ``¬(E_ij ≤ δ)`` — the reference's ``N_i ≠ ∅`` — in O(B).
+
+    fp32 subtraction is monotone in each operand, so ``max_j E_ij = max(ỹ_i − min ỹ, max ỹ − ỹ_i)``
+    exactly; a NaN label makes min/max NaN, hence every sample has a (NaN, negative) pair, as in the
+    reference. B = 1 has no j ≠ i.
+    """
+    yt = y.to(torch.float32) / torch.tensor(label_scale, dtype=torch.float32, device=y.device)
+    far = torch.maximum(yt - yt.min(), yt.max() - yt)
+    has_neg = ~(far <= torch.tensor(delta, dtype=torch.float32, device=y.device))
+    return has_neg & (y.shape[0] > 1)
+
+
+def mgcl_contrastive_loss(macro, micro, y, delta=0.4, tau=0.03, label_scale=3.0, pos_weight="mgcl", *,
+                          neg_weight="mgcl", gain=1.5, reduction="mean", same_sample_c2="literal3", normalize=True,
+                          check_finite=False, backend="auto"):
+    """MGCL's collaborative contrastive loss, fused: ops.md §5 (pair sets C1/C2/C3, weights inside the exp).
+
+    Args:
+        macro, micro: 3-tuples ``(T, V, A)`` of ``[B, d]`` features, fp32/fp16/bf16 (fp64 runs on the
+            reference under ``auto``; a forced ``'cpp'`` accepts it, for gradcheck).
+        y: ``[B]`` labels (read in fp32: ``ỹ = y/label_scale``, ``E = |ỹ_i − ỹ_j|``; no gradient).
+        delta: δ, positive iff ``E ≤ δ`` (and the zero of ``W⁺`` for ``'mgcl'``).
+        tau: τ of the logits ``λ = W·sim/τ``.
+        label_scale: 3 for MOSI/MOSEI, 1 for CH-SIMS.
+        pos_weight, neg_weight: ``'mgcl'``, ``'clgsi'`` or ``'none'``; ``gain`` scales both. A weight of 0
+            is not a mask: the pair still adds ``exp(0) = 1``.
+        reduction: ``'mean'``, ``'sum'`` (the paper's Eq. 12) or ``'none'`` (``[B]``).
+        same_sample_c2: ``'literal3'`` (the paper's 3 same-sample cross-modal pairs) or ``'ordered6'``.
+        normalize: cosine similarities (default) or raw dot products.
+        check_finite: raise ValueError on NaN/Inf in the features or labels (also
+            ``MSA_FAST_CHECK_FINITE=1``); otherwise NaN propagates as in the reference.
+        backend: ``'auto'``, ``'reference'``, ``'cpp'``, ``'triton'`` or ``'cuda'``.
+
+    Returns an fp32 scalar (``[B]`` for ``'none'``; fp64 for fp64 input). Memory O(B·d): the kernel
+    computes per macro row ``LSE_pos`` and ``LSE_all`` slab by slab (recomputed in backward); the three
+    rows of a sample are merged here with logsumexp and ``ℓ_i = LSE_all − LSE_pos`` (0 without
+    negatives), all as tensor ops, without a host sync.
+    """
+    _check(macro, micro, y, delta, tau, label_scale, pos_weight, neg_weight, gain, reduction, same_sample_c2,
+           check_finite)
+    chosen = _dispatch.resolve(OP, backend, macro[0], native_op="mgcl_rows", triton_op="mgcl_rows_triton")
+    if chosen == "reference":
+        return mgcl_contrastive_loss_reference(macro, micro, y, delta, tau, label_scale, pos_weight,
+                                               neg_weight=neg_weight, gain=gain, reduction=reduction,
+                                               same_sample_c2=same_sample_c2, normalize=normalize)
+    op = torch.ops.msa_fast.mgcl_rows_triton if chosen == "triton" else torch.ops.msa_fast.mgcl_rows
+    feats = tuple(macro) + tuple(micro)
+    B = y.shape[0]
+    lse_pos, lse_all = op(torch.cat(tuple(macro)), torch.cat(tuple(micro)), y, float(delta), float(tau),
+                          float(label_scale), pos_weight, neg_weight, float(gain), same_sample_c2 == "ordered6",
+                          bool(normalize))
+    # Merge the three rows (T, V, A) of each sample: LSE over P_i ∪ N_i and over P_i.
+    lse_all_i = torch.logsumexp(lse_all.view(3, B), dim=0)
+    lse_pos_i = torch.logsumexp(lse_pos.view(3, B), dim=0)
+    has_neg = _has_negatives(y, float(label_scale), float(delta))
+    # Empty N_i → ℓ_i = 0; multiplied (not selected) so that NaN still propagates, as in the reference.
+    per_sample = (lse_all_i - lse_pos_i) * has_neg.to(lse_all_i.dtype)
+    if reduction == "none":
+        loss = per_sample
+    elif reduction == "sum":
+        loss = per_sample.sum()
+    else:
+        loss = per_sample.mean()
+    # No sample has a negative (B = 1, all labels within δ) → the §0.5 zero, the labels included.
+    zero = C.zero_result(lse_all.dtype, *feats, y.detach().to(lse_all.dtype))
+    return torch.where(has_neg.any(), loss, zero)
