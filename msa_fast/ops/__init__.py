@@ -13,8 +13,10 @@ from msa_fast.ops.cutoff import cutoff
 from msa_fast.ops.hard_concrete import hard_concrete, hard_concrete_l0
 from msa_fast.ops.hycon import hycon_loss
 from msa_fast.ops.info_nce import info_nce
+from msa_fast.ops.mgcl import mgcl_contrastive_loss
 from msa_fast.ops.supcon import supcon_loss
 from msa_fast.ops import reference
 
 __all__ = ["available_backends", "cutoff", "hard_concrete", "hard_concrete_l0", "supcon_loss", "info_nce",
-           "align_loss", "uniform_loss", "hycon_loss", "reference"]
+           "align_loss", "uniform_loss", "hycon_loss", "mgcl_contrastive_loss",
+           "reference"]
