@@ -1,0 +1,1 @@
+"""The training engine: compiled train step, schedules, checkpoints with exact resume, multi-seed runs."""
