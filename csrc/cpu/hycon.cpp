@@ -38,9 +38,17 @@ constexpr const char* kOp = "msa_fast.ops.hycon_loss";
 constexpr int64_t kStats = 7;
 // Slab per thread: small enough to stay in a core's L2 between the GEMM that writes it and the epilogue
 // (and the backward GEMM) that read it.
-constexpr int64_t kSlabBytesPerThread = int64_t(1) << 20;
+constexpr int64_t kSlabBytesPerThread = int64_t(8) << 20;
 
 enum Transform : int { kCos = 0, kCos01 = 1, kExpTau = 2 };
+
+// The loop templates must be inlined into each target clone below, or the clones just call one
+// baseline (scalar) copy.
+#if defined(__GNUC__)
+#define MSA_HYCON_INLINE inline __attribute__((always_inline))
+#else
+#define MSA_HYCON_INLINE inline
+#endif
 
 Transform parse_transform(const std::string& t) {
   if (t == "cos") return kCos;
@@ -51,7 +59,7 @@ Transform parse_transform(const std::string& t) {
 }
 
 template <typename T, int F>
-inline T transform(T v, T inv_tau) {
+MSA_HYCON_INLINE T transform(T v, T inv_tau) {
   if constexpr (F == kCos) return v;
   if constexpr (F == kCos01) return (T(1) + v) * T(0.5);
   return fast_exp(v * inv_tau);
@@ -59,7 +67,7 @@ inline T transform(T v, T inv_tau) {
 
 // f′(s): 1, ½, exp(s/τ)/τ.
 template <typename T, int F>
-inline T transform_grad(T v, T inv_tau) {
+MSA_HYCON_INLINE T transform_grad(T v, T inv_tau) {
   if constexpr (F == kCos) return T(1);
   if constexpr (F == kCos01) return T(0.5);
   return fast_exp(v * inv_tau) * inv_tau;
@@ -69,7 +77,7 @@ inline T transform_grad(T v, T inv_tau) {
 // j = k): Σ_pos f(s), Σ_neg f(s), Σ_pos (s − target)², for an anchor of class c ≥ 0. Selection (not
 // multiplication by a mask) so that a NaN only enters through the pairs of the anchor's own sets.
 template <typename T, int F>
-inline void seg_sums(const T* s, const int32_t* cls, int64_t begin, int64_t end, int32_t c, T target, T inv_tau,
+MSA_HYCON_INLINE void seg_sums(const T* s, const int32_t* cls, int64_t begin, int64_t end, int32_t c, T target, T inv_tau,
                      T* acc) {
   T sp = 0, sn = 0, sq = 0;
 #pragma omp simd reduction(+ : sp, sn, sq)
@@ -78,7 +86,7 @@ inline void seg_sums(const T* s, const int32_t* cls, int64_t begin, int64_t end,
     const int32_t cj = cls[j];
     const T fv = transform<T, F>(v, inv_tau);
     const bool pos = cj == c;
-    const bool neg = !pos && cj >= 0;
+    const bool neg = (cj != c) & (cj >= 0);
     const T d = v - target;
     sp += pos ? fv : T(0);
     sn += neg ? fv : T(0);
@@ -93,7 +101,7 @@ inline void seg_sums(const T* s, const int32_t* cls, int64_t begin, int64_t end,
 // c ≥ 0. (ap, an, aq) are the row's coefficients of (Σ_pos f, Σ_neg f, Σ_pos (s − target)²) and
 // (Ap, An, Aq) the columns' coefficients of the same three statistics.
 template <typename T, int F>
-inline void seg_grad(T* s, const int32_t* cls, int64_t begin, int64_t end, int32_t c, T target, T inv_tau, T ap,
+MSA_HYCON_INLINE void seg_grad(T* s, const int32_t* cls, int64_t begin, int64_t end, int32_t c, T target, T inv_tau, T ap,
                      T an, T aq, const T* Ap, const T* An, const T* Aq) {
 #pragma omp simd
   for (int64_t j = begin; j < end; ++j) {
@@ -101,7 +109,7 @@ inline void seg_grad(T* s, const int32_t* cls, int64_t begin, int64_t end, int32
     const int32_t cj = cls[j];
     const T fp = transform_grad<T, F>(v, inv_tau);
     const bool pos = cj == c;
-    const bool neg = !pos && cj >= 0;
+    const bool neg = (cj != c) & (cj >= 0);
     const T gpos = (ap + Ap[j]) * fp + (aq + Aq[j]) * (T(2) * (v - target));
     const T gneg = (an + An[j]) * fp;
     s[j] = pos ? gpos : (neg ? gneg : T(0));
@@ -200,7 +208,7 @@ at::Tensor dense_classes(const at::Tensor& classes) {
 
 int64_t slab_rows(int64_t n, int64_t elem_bytes) {
   const int64_t bm = kSlabBytesPerThread / std::max<int64_t>(n * elem_bytes, 1);
-  return std::min(n, std::max<int64_t>(16, bm));
+  return std::min(n, std::max<int64_t>(64, bm));
 }
 
 at::Tensor hycon_rows_cpu(const at::Tensor& x, const at::Tensor& classes, double alpha, c10::string_view transform_sv,

@@ -341,3 +341,267 @@ def test_errors():
 
 def test_public_reference_name():
     assert reference.hycon_loss is hycon_loss_reference
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused backends (C++ CPU on the engine of ops.md §1; Triton under the interpreter and CUDA on a GPU
+# once they exist) against the reference: values, gradients, stats, edge cases, opcheck, torch.compile.
+
+import msa_fast.ops as ops  # noqa: E402
+from tests.ops.backends import fast_backends  # noqa: E402
+
+FUSED = fast_backends("hycon_rows", "hycon_rows_triton")
+NOT_TRITON = [p for p in FUSED if p.values[0] != "triton"]
+FP32_TOL = dict(rtol=1e-5, atol=1e-6)
+FP32_GRAD_TOL = dict(rtol=1e-4, atol=1e-5)
+LOW_TOL = dict(rtol=5e-2, atol=1e-2)
+WEIGHTS = (1.3, -0.7, 2.1)   # upstream weights of (iamcl, iemcl, scl): every term reaches the gradient
+
+
+def fused_and_reference(xs, y, backend, device="cpu", **kw):
+    """Outputs (with stats) and gradients of the fused op and of the reference on the same inputs."""
+    a_in = [x.detach().to(device).clone().requires_grad_() for x in xs]
+    b_in = [x.detach().to(device).clone().requires_grad_() for x in xs]
+    y = y.to(device)
+    a = ops.hycon_loss(*a_in, y, backend=backend, return_stats=True, **kw)
+    b = hycon_loss_reference(*b_in, y, return_stats=True, **kw)
+    ga = torch.autograd.grad(sum(w * t for w, t in zip(WEIGHTS, a[:3])), a_in)
+    gb = torch.autograd.grad(sum(w * t for w, t in zip(WEIGHTS, b[:3])), b_in)
+    assert {k: int(v) for k, v in a[3].items()} == {k: int(v) for k, v in b[3].items()}
+    return a[:3], b[:3], ga, gb
+
+
+def assert_fused_close(a, b, ga, gb, tol=FP32_TOL, grad_tol=FP32_GRAD_TOL):
+    for u, v in zip(a, b):
+        assert u.dtype == v.dtype
+        torch.testing.assert_close(u, v, **tol)
+    for u, v in zip(ga, gb):
+        torch.testing.assert_close(u.float(), v.float(), **grad_tol)
+
+
+def labels_for(K, device="cpu"):
+    y = torch.tensor([[-1.5, 0.0, 2.0, 0.5, -0.25][k % 5] for k in range(K)], device=device)
+    return y[torch.randperm(K)]
+
+
+FUSED_OPTIONS = [
+    {},
+    {"alpha": 1.0},
+    {"sim_transform": "cos01"},
+    {"sim_transform": "cos01", "use_log": True},
+    {"sim_transform": "exp_tau", "tau": 0.1},
+    {"sim_transform": "exp_tau", "use_log": True, "tau": 0.5},
+    {"reduction": "sum", "sim_transform": "cos01"},
+    {"reduction": "sum"},
+    {"drop_zero": True},
+    {"drop_zero": True, "sim_transform": "exp_tau", "use_log": True, "reduction": "sum"},
+    {"den_guard": "clamp", "sim_transform": "cos01"},
+    {"den_guard": "none", "sim_transform": "exp_tau", "tau": 0.2},
+]
+
+
+@pytest.mark.parametrize("backend, device", FUSED)
+@pytest.mark.parametrize("K", [1, 32, 43, 1000])          # 3K ∈ {3, 96, 129, 3000}
+@pytest.mark.parametrize("options", FUSED_OPTIONS)
+def test_fused_matches_reference(backend, device, K, options):
+    if backend == "triton" and K > 43:
+        pytest.skip("interpreter: tiny shapes only")
+    d = 16 if K < 1000 else 64
+    # 'cos' ratios: positive features keep den = Σ s well away from 0 (in fp32 the raw-cosine ratio is
+    # badly conditioned near den ≈ 0, see test_matches_loop), the other transforms take any features.
+    positive = options.get("sim_transform", "cos") == "cos"
+    xs = [torch.randn(K, d).abs() if positive else torch.randn(K, d) for _ in range(3)]
+    assert_fused_close(*fused_and_reference(xs, labels_for(K), backend, device, **options))
+
+
+@pytest.mark.parametrize("backend, device", FUSED)
+def test_fused_integer_and_bool_classes(backend, device):
+    K = 37
+    xs = [torch.randn(K, 12).abs() for _ in range(3)]
+    ids = torch.randint(-3, 4, (K,))                      # −1 is an ordinary class here
+    for y in (ids, ids.int(), ids > 0, torch.full((K,), -1), torch.arange(K)):
+        for options in ({}, {"sim_transform": "exp_tau", "drop_zero": True}):
+            assert_fused_close(*fused_and_reference(xs, y, backend, device, **options))
+
+
+@pytest.mark.parametrize("backend, device", FUSED)
+def test_fused_guards_on_exact_cancellation(backend, device):
+    xs, y = cancelling_batch()
+    a, b, ga, gb = fused_and_reference(xs, y, backend, device, den_guard="skip")
+    assert_fused_close(a, b, ga, gb)
+    out = ops.hycon_loss(*[x.to(device) for x in xs], y.to(device), den_guard="skip", return_stats=True,
+                         backend=backend)
+    assert int(out[3]["n_skipped_iamcl"]) == 1 and int(out[3]["n_skipped_iemcl"]) == 0
+    clamp = ops.hycon_loss(*[x.to(device) for x in xs], y.to(device), den_guard="clamp", backend=backend)
+    torch.testing.assert_close(clamp[0], hycon_loss_reference(*xs, y, den_guard="clamp")[0].to(device), rtol=1e-5,
+                               atol=1)
+    assert clamp[0].item() < -0.9e5
+    iamcl, iemcl, _ = ops.hycon_loss(*[x.to(device) for x in xs], y.to(device), den_guard="none", backend=backend)
+    assert iamcl.item() == float("-inf") and torch.isfinite(iemcl)
+
+
+@pytest.mark.parametrize("backend, device", FUSED)
+@pytest.mark.parametrize("case", ["K=1", "K=2 two classes", "all dropped", "single class"])
+def test_fused_edge_cases(backend, device, case):
+    K, y = {"K=1": (1, torch.tensor([1.0])), "K=2 two classes": (2, torch.tensor([-1.0, 1.0])),
+            "all dropped": (5, torch.zeros(5)), "single class": (6, torch.ones(6))}[case]
+    xs = [torch.randn(K, 4).abs() for _ in range(3)]
+    kw = {"drop_zero": True} if case == "all dropped" else {}
+    a, b, ga, gb = fused_and_reference(xs, y, backend, device, **kw)
+    assert_fused_close(a, b, ga, gb)
+    if case == "single class":
+        assert -1 < a[0].item() < 3       # R = 1: the ratio term is −1, plus the mean Ref ∈ [0, 4]
+    else:
+        # no positives anywhere: IAMCL = IEMCL = 0 exactly (§0.5), with a zero (not None) gradient
+        assert a[0].item() == 0 and a[1].item() == 0
+        in_ = [x.to(device).requires_grad_() for x in xs]
+        out = ops.hycon_loss(*in_, y.to(device), backend=backend, **kw)
+        grads = torch.autograd.grad(out[0] + out[1], in_)
+        assert all(g is not None and (g == 0).all() for g in grads)
+
+
+@pytest.mark.parametrize("backend, device", FUSED)
+def test_fused_zero_row_gets_zero_gradient(backend, device):
+    xs = [torch.randn(9, 5).abs() for _ in range(3)]
+    xs[1][4] = 0
+    a, b, ga, gb = fused_and_reference(xs, labels_for(9), backend, device, sim_transform="cos01")
+    assert_fused_close(a, b, ga, gb)
+    assert (ga[1][4] == 0).all()
+
+
+@pytest.mark.parametrize("backend, device", FUSED)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fused_low_precision(backend, device, dtype):
+    # The fused op on bf16/fp16 inputs against the fp32 reference on the same rounded inputs (§10).
+    K = 40
+    xs = [torch.randn(K, 24).abs().to(dtype) for _ in range(3)]
+    y = labels_for(K)
+    for options in ({}, {"sim_transform": "exp_tau", "use_log": True}):
+        a_in = [x.to(device).requires_grad_() for x in xs]
+        b_in = [x.float().to(device).requires_grad_() for x in xs]
+        a = ops.hycon_loss(*a_in, y.to(device), backend=backend, **options)
+        b = hycon_loss_reference(*b_in, y.to(device), **options)
+        ga = torch.autograd.grad(sum(w * t for w, t in zip(WEIGHTS, a)), a_in)
+        gb = torch.autograd.grad(sum(w * t for w, t in zip(WEIGHTS, b)), b_in)
+        for u, v in zip(a, b):
+            assert u.dtype == torch.float32
+            torch.testing.assert_close(u, v, **LOW_TOL)
+        for u, v in zip(ga, gb):
+            assert u.dtype == dtype
+            torch.testing.assert_close(u.float(), v, **LOW_TOL)
+
+
+@pytest.mark.parametrize("backend, device", FUSED)
+def test_fused_nan_propagation_and_check_finite(backend, device):
+    xs = [torch.randn(6, 4, device=device) for _ in range(3)]
+    y = torch.tensor([1.0, 2.0, -1.0, -2.0, 0.5, -0.5], device=device)
+    xs[1][3, 0] = float("nan")
+    for options in ({}, {"sim_transform": "exp_tau"}):
+        assert all(torch.isnan(t) for t in ops.hycon_loss(*xs, y, backend=backend, **options))
+    with pytest.raises(ValueError, match=r"msa_fast.ops.hycon_loss: x_a has 1 non-finite entries"):
+        ops.hycon_loss(*xs, y, check_finite=True, backend=backend)
+    # a NaN row of a sample dropped by drop_zero only reaches SCL (it is in no IAMCL/IEMCL pair)
+    y[3] = 0.0
+    iamcl, iemcl, scl = ops.hycon_loss(*xs, y, drop_zero=True, backend=backend)
+    assert torch.isfinite(iamcl) and torch.isfinite(iemcl) and torch.isnan(scl)
+    ref = hycon_loss_reference(*xs, y, drop_zero=True)
+    torch.testing.assert_close(iamcl, ref[0], **FP32_TOL)
+
+
+@pytest.mark.parametrize("backend, device", NOT_TRITON)
+@pytest.mark.parametrize("options", [
+    {},
+    {"sim_transform": "cos01", "use_log": True},
+    {"sim_transform": "exp_tau", "use_log": True, "tau": 0.5, "reduction": "sum"},
+    {"den_guard": "clamp", "alpha": 1.0, "sim_transform": "exp_tau", "tau": 0.7},
+    {"drop_zero": True},
+])
+def test_fused_gradcheck_fp64(backend, device, options):
+    xs = [torch.randn(5, 3, dtype=torch.float64, device=device, requires_grad=True) for _ in range(3)]
+    y = torch.tensor([1.0, 0.0, -1.0, 2.0, -0.5], dtype=torch.float64, device=device)
+    out = ops.hycon_loss(*xs, y, backend=backend, **options)
+    assert all(o.dtype == torch.float64 for o in out)
+    for o, r in zip(out, hycon_loss_reference(*xs, y, **options)):
+        torch.testing.assert_close(o, r, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda *t: ops.hycon_loss(*t, y, backend=backend, **options), xs)
+
+
+def test_fused_opcheck():
+    x = torch.randn(3 * 11, 7, requires_grad=True)
+    classes = torch.tensor([0, 1, 1, -1, 0, 2, 1, -1, 0, 0, 2])
+    for transform in ("cos", "cos01", "exp_tau"):
+        torch.library.opcheck(torch.ops.msa_fast.hycon_rows.default, (x, classes, 0.8, transform, 0.3))
+    torch.library.opcheck(torch.ops.msa_fast.hycon_rows.default, (x.double(), classes, 1.0, "cos", 0.1))
+
+
+def test_fused_torch_compile_fullgraph():
+    def f(x_l, x_a, x_v, y):
+        a = ops.hycon_loss(x_l, x_a, x_v, y, backend="cpp")
+        b = ops.hycon_loss(x_l, x_a, x_v, y, sim_transform="exp_tau", use_log=True, drop_zero=True, backend="cpp")
+        return sum(a) + sum(b)
+
+    xs = [torch.randn(21, 8).abs().requires_grad_() for _ in range(3)]
+    y = labels_for(21)
+    out = torch.compile(f, fullgraph=True)(*xs, y)
+    grads = torch.autograd.grad(out, xs)
+    xs2 = [x.detach().clone().requires_grad_() for x in xs]
+    out2 = f(*xs2, y)
+    grads2 = torch.autograd.grad(out2, xs2)
+    torch.testing.assert_close(out, out2)
+    for g, g2 in zip(grads, grads2):
+        torch.testing.assert_close(g, g2)
+
+
+def test_fused_deterministic():
+    xs = [torch.randn(700, 32) for _ in range(3)]
+    y = labels_for(700)
+    runs = []
+    for _ in range(2):
+        a_in = [x.clone().requires_grad_() for x in xs]
+        out = ops.hycon_loss(*a_in, y, sim_transform="exp_tau", backend="cpp")
+        runs.append((out, torch.autograd.grad(sum(out), a_in)))
+    (o1, g1), (o2, g2) = runs
+    assert all(torch.equal(u, v) for u, v in zip(o1, o2))
+    assert all(torch.equal(u, v) for u, v in zip(g1, g2))
+
+
+def test_fused_auto_and_errors():
+    xs = [torch.randn(8, 3).abs() for _ in range(3)]
+    y = labels_for(8)
+    for u, v in zip(ops.hycon_loss(*xs, y), ops.hycon_loss(*xs, y, backend="cpp")):
+        assert torch.equal(u, v)
+    xs64 = [x.double() for x in xs]
+    for u, v in zip(ops.hycon_loss(*xs64, y), hycon_loss_reference(*xs64, y)):   # fp64 → reference under auto
+        assert torch.equal(u, v)
+    with pytest.raises(ValueError, match=r"hycon_loss: x_l is empty \(shape \(0, 8\)\)"):
+        ops.hycon_loss(torch.randn(0, 8), torch.randn(0, 8), torch.randn(0, 8), torch.randn(0), backend="cpp")
+    with pytest.raises(ValueError, match="use_log=True needs sim_transform"):
+        ops.hycon_loss(*xs, y, use_log=True, backend="cpp")
+    with pytest.raises(RuntimeError, match="cuda.*not available"):
+        ops.hycon_loss(*xs, y, backend="cuda")
+    with pytest.raises(ValueError, match="unknown backend"):
+        ops.hycon_loss(*xs, y, backend="fast")
+    # the op's own checks
+    x, classes = torch.cat(xs), torch.zeros(8, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"x must stack the three modalities, \[3K, d\], got 23 rows"):
+        torch.ops.msa_fast.hycon_rows(x[:23], classes, 0.8, "cos", 0.1)
+    with pytest.raises(ValueError, match=r"classes must be \[K\] = \[8\]"):
+        torch.ops.msa_fast.hycon_rows(x, classes[:5], 0.8, "cos", 0.1)
+    with pytest.raises(TypeError, match="classes must be int64"):
+        torch.ops.msa_fast.hycon_rows(x, classes.int(), 0.8, "cos", 0.1)
+    with pytest.raises(TypeError, match="x must be fp32/fp16/bf16/fp64"):
+        torch.ops.msa_fast.hycon_rows(x.long(), classes, 0.8, "cos", 0.1)
+    with pytest.raises(ValueError, match="sim_transform must be one of"):
+        torch.ops.msa_fast.hycon_rows(x, classes, 0.8, "exp", 0.1)
+    with pytest.raises(ValueError, match="tau must be > 0"):
+        torch.ops.msa_fast.hycon_rows(x, classes, 0.8, "exp_tau", 0.0)
+    with pytest.raises(ValueError, match=r"x is empty"):
+        torch.ops.msa_fast.hycon_rows(x[:0], classes[:0], 0.8, "cos", 0.1)
+    with pytest.raises(ValueError, match=r"grad_stats must be \[3K, 7\]"):
+        torch.ops.msa_fast.hycon_rows_backward(torch.zeros(24, 6), x, classes, 0.8, "cos", 0.1)
+
+
+def test_public_name():
+    from msa_fast.ops.hycon import hycon_loss
+
+    assert "hycon_loss" in ops.__all__ and ops.hycon_loss is hycon_loss
