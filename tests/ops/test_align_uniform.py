@@ -242,6 +242,8 @@ def assert_grads_close(ga, gb, **tol):
 @pytest.mark.parametrize("kappa", [0.0, 2.0, 100.0])
 @pytest.mark.parametrize("mode", MODES)
 def test_uniform_fused_matches_reference(backend, device, n, D, kappa, mode):
+    if backend == "triton" and device == "cpu" and n * D > 1000:
+        pytest.skip("Triton interpreter: tiny shapes only (ops.md §10)")
     p, g = unit(n, D, torch.float32).to(device), unit(n, D, torch.float32).to(device)
     a, b, ga, gb = uniform_fused_and_reference(p, g, backend, kappa, mode=mode)
     assert a.dtype == torch.float32 and a.dim() == 0 and a.item() <= 0

@@ -214,6 +214,8 @@ def assert_grads_close(ga, gb, **tol):
 @pytest.mark.parametrize("negatives", NEGATIVES)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_fused_matches_reference(backend, device, N, D, negatives, reduction):
+    if backend == "triton" and device == "cpu" and N * D > 1000:
+        pytest.skip("Triton interpreter: tiny shapes only (ops.md §10)")
     q, k = torch.randn(N, D, device=device), torch.randn(N, D, device=device)
     a, b, ga, gb = fused_and_reference(q, k, backend, 0.1, negatives, reduction=reduction)
     assert a.dtype == torch.float32 and a.shape == b.shape
