@@ -1,0 +1,81 @@
+"""A small MSAModel for the engine tests: two stages (unimodal pre-training of the audio branch, then
+all modules) and several loss terms (regression, auxiliary unimodal regression, a feature penalty)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from msa_fast.models.base import MSAModel, Stage
+
+
+class ToyModel(MSAModel):
+    name = "toy"
+
+    def __init__(self, dims: dict, hidden: int = 8, dropout: float = 0.1, vocab: int = 512,
+                 pretrain_epochs: int = 1, nan_at_step: int | None = None, updates: bool = False):
+        super().__init__()
+        self.dims = {"audio": dims["audio"], "vision": dims["vision"]}
+        self.vocab = vocab
+        self.text = nn.Embedding(vocab, hidden)
+        self.audio = nn.Linear(dims["audio"], hidden)
+        self.vision = nn.Linear(dims["vision"], hidden)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(3 * hidden, 1)
+        self.aux = nn.Linear(hidden, 1)
+        self.pretrain_epochs = pretrain_epochs
+        self.nan_at_step = nan_at_step
+        self.updates = updates
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+        self.epoch_ends = []
+
+    @staticmethod
+    def _pool(x, mask):
+        m = mask.to(x.dtype).unsqueeze(-1)
+        return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+    def forward(self, batch):
+        t = self._pool(self.text(batch.text_ids % self.vocab), batch.text_mask)
+        a = self._pool(torch.tanh(self.audio(batch.audio)), batch.audio_mask)
+        v = self._pool(torch.tanh(self.vision(batch.vision)), batch.vision_mask)
+        h = self.drop(torch.cat([t, a, v], -1))
+        return {"pred": self.head(h).squeeze(-1).float(), "uni_pred": self.aux(a).squeeze(-1).float(),
+                "feat": h}
+
+    def loss_terms(self, batch, out, stage):
+        y = batch.y
+        reg = (out["pred"] - y).abs().mean()
+        aux = (out["uni_pred"] - y).abs().mean()
+        pen = out["feat"].pow(2).mean()
+        terms = {"reg": reg, "aux": aux, "pen": pen, "total": reg + 0.1 * aux + 0.01 * pen, "pretrain": aux}
+        if self.nan_at_step is not None and self.training:
+            self.calls += 1
+            terms["pen"] = torch.where(self.calls >= self.nan_at_step, pen * float("nan"), pen)
+            terms["total"] = reg + 0.1 * aux + 0.01 * terms["pen"]
+        return terms
+
+    def stages(self, cfg):
+        multi = Stage("multimodal", epochs=cfg.get("epochs"))
+        if self.updates:  # M3SA-style: the audio branch with its own loss, then everything with the total
+            multi.extra["updates"] = [{"name": "audio", "loss": "aux", "modules": ["audio", "aux"]},
+                                      {"name": "all", "loss": "total", "modules": None}]
+        if not self.pretrain_epochs:
+            return [multi]
+        return [Stage("unimodal", epochs=self.pretrain_epochs, trainable=["audio", "aux"], loss="pretrain",
+                      extra={"pred_key": "uni_pred"}), multi]
+
+    def on_epoch_end(self, epoch, stage):
+        self.epoch_ends.append((stage.name, epoch))
+
+
+def tiny_store(path, like="mosi", scale=0.05, seed=0):
+    from msa_fast.data.synthetic import write_synthetic_store
+
+    return write_synthetic_store(path, like, scale=scale, seed=seed, aligned=True, tokenizer="builtin")
+
+
+def toy_for(store, **kw):
+    from msa_fast.data.store import StoreReader
+
+    with StoreReader(store) as r:
+        return ToyModel(r.meta["feature_dims"], **kw)
