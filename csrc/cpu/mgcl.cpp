@@ -22,7 +22,8 @@
 // Backward by recomputation: the slab is rebuilt and overwritten with
 //   dS = (g_all·p_all + g_pos·p_pos)·W/τ   on positives,   g_all·p_all·W/τ   on negatives,   0 elsewhere
 // (p_all = exp(λ − lse_all), p_pos = exp(λ − lse_pos); again one exp per element), then two GEMMs
-// per slab: dU_macro[rows] += dS·K_v and dK_v += dSᵀ·U_rows, and finally back through n(·).
+// per slab: dU_macro[rows] += dS·K_v and the column side dSᵀ·U_rows (into per-thread buffers),
+// and finally back through n(·).
 //
 // Helpers local to this file (the shared engine pieces are in pairwise.h): the label block
 // (status/weights, tanh from ATen so that the fp32 weights match the reference's), and the row loops
@@ -30,6 +31,7 @@
 // stay deterministic (fixed order, independent of the thread count).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
 
 #include <string>
@@ -442,7 +444,11 @@ std::tuple<at::Tensor, at::Tensor> mgcl_rows_cpu(const at::Tensor& macro, const 
     T* out_all = lse_all.data_ptr<T>();
     // Tasks t = 3·block + v, so that a thread's consecutive tasks share the label block. Each task
     // writes only its own rows: the result does not depend on the split.
+    // The workers see the caller's dispatch state (below autograd): ATen calls there must not
+    // record or reject autograd when an input requires grad.
+    const at::ThreadLocalState tls;
     at::parallel_for(0, 3 * nblk, 1, [&](int64_t t0, int64_t t1) {
+      const at::ThreadLocalStateGuard tls_guard(tls);
       Scratch sc(bs, B, opts);
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t blk = t / 3, i0 = blk * bs, n = std::min(bs, B - i0);
@@ -489,49 +495,51 @@ std::tuple<at::Tensor, at::Tensor> mgcl_rows_backward_cpu(const at::Tensor& grad
                    ga = grad_lse_all.reshape({3 * B}).to(ct).contiguous(),
                    lp = lse_pos.reshape({3 * B}).to(ct).contiguous(), la = lse_all.reshape({3 * B}).to(ct).contiguous();
   at::Tensor du_macro = at::zeros({3 * B, d}, opts);
-  at::Tensor du_micro = at::empty({3 * B, d}, opts);
-  // Column-side sums dK_v = Σ_blocks dSᵀ·U_rows: one buffer per thread (static, contiguous task
-  // ranges), reduced in thread order — deterministic for a given thread count, no atomics.
-  const int64_t n_threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), nblk));
-  at::Tensor dK = at::empty({n_threads, 4 * B, d}, opts);
+  // Column-side sums Σ dSᵀ·U_rows, one [6B, d] buffer per thread (rows 0…3B: macro columns, shared by
+  // the three views; rows 3B…6B: micro columns), reduced in thread order afterwards. Tasks are split
+  // into fixed contiguous ranges per buffer, so the result is deterministic for a given thread count;
+  // no atomics.
+  const int64_t n_tasks = 3 * nblk;
+  const int64_t n_parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_tasks));
+  at::Tensor cols = at::zeros({n_parts, 6 * B, d}, opts);
   AT_DISPATCH_FLOATING_TYPES(ct, "msa_fast_mgcl_rows_backward_cpu", [&] {
     using T = scalar_t;
     const T inv_tau = T(1) / T(tau);
     const T *gpp = gp.data_ptr<T>(), *gap = ga.data_ptr<T>(), *lpp = lp.data_ptr<T>(), *lap = la.data_ptr<T>();
-    for (int v = 0; v < 3; ++v) {
-      dK.zero_();
-      // Blocks split into n_threads fixed contiguous ranges (not at the mercy of the scheduler).
-      at::parallel_for(0, n_threads, 1, [&](int64_t c0, int64_t c1) {
-        for (int64_t c = c0; c < c1; ++c) {
-          Scratch sc(bs, B, opts);
-          at::Tensor dKc = dK.select(0, c);
-          const int64_t b0 = nblk * c / n_threads, b1 = nblk * (c + 1) / n_threads;
-          for (int64_t blk = b0; blk < b1; ++blk) {
-            const int64_t i0 = blk * bs, n = std::min(bs, B - i0);
-            sc.labels_for(blk, st);
-            at::Tensor s = sc.slab.narrow(0, 0, n);
-            const at::Tensor u_rows = st.nm.u.narrow(0, v * B + i0, n);
-            at::mm_out(s, u_rows, st.K[v].t());
-            T* sp = s.data_ptr<T>();
-            const float* w = sc.wblk.data_ptr<float>();
-            const float* pos = sc.pblk.data_ptr<float>();
-            for (int64_t r = 0; r < n; ++r) {
-              const int64_t i = i0 + r, row = v * B + i;
-              backward_row<T>(sp + r * 4 * B, w + r * B, pos + r * B, B, v, i, st.p.ordered6, inv_tau, gpp[row],
-                              gap[row], lpp[row], lap[row]);
-            }
-            // dU_rows += dS·K_v (macro and micro_v columns at once; these rows belong to this task),
-            // dK_v += dSᵀ·U_rows (column side, this thread's buffer).
-            du_macro.narrow(0, v * B + i0, n).addmm_(s, st.K[v]);
-            dKc.addmm_(s.t(), u_rows);
+    const at::ThreadLocalState tls;  // as in the forward
+    at::parallel_for(0, n_parts, 1, [&](int64_t c0, int64_t c1) {
+      const at::ThreadLocalStateGuard tls_guard(tls);
+      for (int64_t c = c0; c < c1; ++c) {
+        Scratch sc(bs, B, opts);
+        at::Tensor col = cols.select(0, c);
+        // Tasks t = 3·block + v as in the forward (consecutive tasks share the label block).
+        for (int64_t t = n_tasks * c / n_parts; t < n_tasks * (c + 1) / n_parts; ++t) {
+          const int64_t blk = t / 3, i0 = blk * bs, n = std::min(bs, B - i0);
+          const int v = static_cast<int>(t % 3);
+          sc.labels_for(blk, st);
+          at::Tensor s = sc.slab.narrow(0, 0, n);
+          const at::Tensor u_rows = st.nm.u.narrow(0, v * B + i0, n);
+          at::mm_out(s, u_rows, st.K[v].t());
+          T* sp = s.data_ptr<T>();
+          const float* w = sc.wblk.data_ptr<float>();
+          const float* pos = sc.pblk.data_ptr<float>();
+          for (int64_t r = 0; r < n; ++r) {
+            const int64_t i = i0 + r, row = v * B + i;
+            backward_row<T>(sp + r * 4 * B, w + r * B, pos + r * B, B, v, i, st.p.ordered6, inv_tau, gpp[row],
+                            gap[row], lpp[row], lap[row]);
           }
+          // Row side: dU_rows += dS·K_v (macro and micro_v columns at once; these rows belong to this
+          // task). Column side: macro columns += dS[:, :3B]ᵀ·U_rows, micro_v columns += dS[:, 3B:]ᵀ·U_rows.
+          du_macro.narrow(0, v * B + i0, n).addmm_(s, st.K[v]);
+          col.narrow(0, 0, 3 * B).addmm_(s.narrow(1, 0, 3 * B).t(), u_rows);
+          col.narrow(0, 3 * B + v * B, B).addmm_(s.narrow(1, 3 * B, B).t(), u_rows);
         }
-      });
-      const at::Tensor dK_v = n_threads == 1 ? dK.select(0, 0) : dK.sum(0);
-      du_macro.add_(dK_v.narrow(0, 0, 3 * B));
-      du_micro.narrow(0, v * B, B).copy_(dK_v.narrow(0, 3 * B, B));
-    }
+      }
+    });
   });
+  const at::Tensor col = n_parts == 1 ? cols.select(0, 0) : cols.sum(0);
+  du_macro.add_(col.narrow(0, 0, 3 * B));
+  const at::Tensor du_micro = col.narrow(0, 3 * B, 3 * B);
   return {pairwise::normalize_backward(du_macro, st.nm).to(macro.scalar_type()),
           pairwise::normalize_backward(du_micro, st.ni).to(micro.scalar_type())};
 }

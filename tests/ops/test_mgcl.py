@@ -339,3 +339,319 @@ def test_errors():
 
 def test_public_reference_name():
     assert reference.mgcl_contrastive_loss is mgcl_contrastive_loss_reference
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused backends (C++ CPU on the engine of ops.md §1; Triton under the interpreter and CUDA when
+# present) against the reference: values, gradients, every §5 edge case, opcheck, torch.compile.
+#
+# Tolerances: ops.md §10 fp32 (values rtol 1e-5 / atol 1e-6, gradients rtol 1e-4 / atol 1e-5) at
+# moderate logits (τ = 0.5). At τ = 0.03 with gain 1.5 the logits reach ±50, and any fp32
+# implementation (the fp32 reference included) carries ~ulp(50) ≈ 4e-6 of absolute rounding in each
+# LSE: those cases are checked against the fp64 reference with the §10 atol scaled by gain/τ.
+
+import msa_fast.ops as ops  # noqa: E402
+from msa_fast.ops.mgcl import mgcl_contrastive_loss  # noqa: E402
+from tests.ops.backends import fast_backends  # noqa: E402
+
+FUSED = fast_backends("mgcl_rows", "mgcl_rows_triton")
+NON_TRITON = [p for p in FUSED if p.values[0] != "triton"]
+FP32_TOL = dict(rtol=1e-5, atol=1e-6)
+FP32_GRAD_TOL = dict(rtol=1e-4, atol=1e-5)
+LOW_TOL = dict(rtol=5e-2, atol=1e-2)
+SAME_SAMPLE_MODES = ("literal3", "ordered6")
+
+
+def feats(B, d, device="cpu", dtype=torch.float32, scale=1.0):
+    return [(torch.randn(B, d, device=device) * scale).to(dtype) for _ in range(6)]
+
+
+def fused_and_reference(f, y, backend, ref_dtype=None, **kw):
+    """Values and gradients (under a random upstream weight) of the fused op and the reference."""
+    a_in = [t.detach().clone().requires_grad_() for t in f]
+    b_in = [t.detach().clone().to(ref_dtype or t.dtype).requires_grad_() for t in f]
+    a = mgcl_contrastive_loss(tuple(a_in[:3]), tuple(a_in[3:]), y, backend=backend, **kw)
+    b = mgcl_contrastive_loss_reference(tuple(b_in[:3]), tuple(b_in[3:]), y, **kw)
+    w = torch.randn(a.shape, dtype=torch.float64).to(a.device) if a.dim() else torch.tensor(1.7, device=a.device)
+    ga = torch.autograd.grad((a * w.to(a.dtype)).sum(), a_in)
+    gb = torch.autograd.grad((b * w.to(b.dtype)).sum(), b_in)
+    return a, b, torch.cat(ga), torch.cat(gb)
+
+
+def check(a, b, ga, gb, tol=FP32_TOL, grad_tol=FP32_GRAD_TOL):
+    torch.testing.assert_close(a.double(), b.double(), **tol)
+    torch.testing.assert_close(ga.double(), gb.double(), **grad_tol)
+
+
+@pytest.mark.parametrize("backend, device", FUSED)
+@pytest.mark.parametrize("B", [1, 2, 3, 8, 63, 64, 65])
+@pytest.mark.parametrize("mode", ["literal3", "ordered6"])
+def test_fused_matches_reference(backend, device, B, mode):
+    f = feats(B, 16, device)
+    y = torch.empty(B).uniform_(-3, 3).to(device)
+    for reduction in ("mean", "sum", "none"):
+        a, b, ga, gb = fused_and_reference(f, y, backend, tau=0.5, same_sample_c2=mode, reduction=reduction)
+        assert a.dtype == torch.float32 and a.shape == b.shape
+        check(a, b, ga, gb)
+
+
+@pytest.mark.parametrize("backend, device", FUSED)
+@pytest.mark.parametrize("pos_weight", WEIGHTS)
+@pytest.mark.parametrize("neg_weight", WEIGHTS)
+def test_fused_weight_variants(backend, device, pos_weight, neg_weight):
+    f = feats(9, 12, device)
+    y = torch.tensor([-3.0, -2.0, -1.2, -0.4, 0.0, 0.4, 1.2, 2.0, 3.0], device=device)  # distances near δ
+    for mode in SAME_SAMPLE_MODES:
+        a, b, ga, gb = fused_and_reference(f, y, backend, tau=0.5, pos_weight=pos_weight, neg_weight=neg_weight,
+                                           same_sample_c2=mode, reduction="none")
+        check(a, b, ga, gb)
+
+
+@pytest.mark.parametrize("backend, device", FUSED)
+@pytest.mark.parametrize("d", [1, 384, 768])
+def test_fused_dims(backend, device, d):
+    B = 33 if backend == "triton" else 65
+    f = feats(B, d, device)
+    y = torch.empty(B).uniform_(-3, 3).to(device)
+    a, b, ga, gb = fused_and_reference(f, y, backend, tau=0.5, reduction="none")
+    # d = 1: n(x) = ±1, so the true gradient is exactly 0 and both sides are rounding noise around it.
+    check(a, b, ga, gb, grad_tol=FP32_GRAD_TOL if d > 1 else dict(rtol=0, atol=1e-5))
+
+
+@pytest.mark.parametrize("backend, device", FUSED)
+def test_fused_options_and_raw_dots(backend, device):
+    f = feats(21, 5, device, scale=0.3)
+    y = torch.randn(21).to(device)
+    for kw in (dict(normalize=False, tau=0.7, delta=0.2, gain=2.0, label_scale=1.0),
+               dict(normalize=False, same_sample_c2="ordered6", pos_weight="clgsi", neg_weight="none", tau=1.0),
+               dict(delta=-0.1, tau=0.4, label_scale=1.0),       # δ < 0: every other sample negative
+               dict(delta=10.0, tau=0.4)):                       # δ large: no negatives → 0
+        a, b, ga, gb = fused_and_reference(f, y, backend, reduction="none", **kw)
+        check(a, b, ga, gb)
+
+
+@pytest.mark.parametrize("backend, device", NON_TRITON)
+def test_fused_many_blocks_threads_and_determinism(backend, device):
+    # B = 1100: several sample blocks of the CPU slab (and ragged last block), split over threads
+    B = 1100
+    f = feats(B, 8, device)
+    y = torch.empty(B).uniform_(-3, 3).to(device)
+    a, b, ga, gb = fused_and_reference(f, y, backend, tau=0.5)
+    check(a, b, ga, gb)
+    a2, _, ga2, _ = fused_and_reference(f, y, backend, tau=0.5)
+    assert torch.equal(a, a2) and torch.equal(ga, ga2)                  # deterministic
+
+
+@pytest.mark.parametrize("backend, device", FUSED)
+def test_fused_zero_weight_pairs_and_exact_value(backend, device):
+    # label_scale 1, labels 0.4 apart: many pairs exactly at E = δ with W⁺ = 0, each still adding exp(0) = 1
+    f = feats(6, 7, device)
+    y = torch.tensor([0.0, 0.4, 0.8, 1.2, 0.0, 0.4], device=device)
+    a, b, ga, gb = fused_and_reference(f, y, backend, tau=1.0, label_scale=1.0, reduction="none")
+    check(a, b, ga, gb)
+    # orthonormal features: every logit is 0 whatever its weight, ℓ_i = log(|P_i| + |N_i|) − log|P_i|
+    # (the (0, 1) pair sits at E = δ with W⁺ = 0 and is counted; see the reference test above)
+    eye = torch.eye(18, device=device)
+    ortho = [eye[3 * v: 3 * v + 3] for v in range(6)]
+    y3 = torch.tensor([0.0, 0.4, 2.0], device=device)
+    out = mgcl_contrastive_loss(tuple(ortho[:3]), tuple(ortho[3:]), y3, label_scale=1.0, backend=backend)
+    torch.testing.assert_close(out.cpu(), torch.tensor((2 * math.log(27 / 15) + math.log(30 / 6)) / 3))
+    out = mgcl_contrastive_loss(tuple(ortho[:3]), tuple(ortho[3:]), y3, label_scale=1.0, same_sample_c2="ordered6",
+                                reduction="none", backend=backend)
+    torch.testing.assert_close(out.cpu(), torch.tensor([math.log(30 / 18), math.log(30 / 18), math.log(33 / 9)]))
+
+
+@pytest.mark.parametrize("backend, device", FUSED)
+def test_fused_label_boundary(backend, device):
+    # y = [0, 0.4], label_scale 1: E = float32(0.4) ≤ float32(δ) → positive, so no negatives → exactly 0
+    f = [t.requires_grad_() for t in feats(2, 4, device)]
+    y = torch.tensor([0.0, 0.4], device=device)
+    out = mgcl_contrastive_loss(tuple(f[:3]), tuple(f[3:]), y, label_scale=1.0, backend=backend)
+    assert out.item() == 0
+    grads = torch.autograd.grad(out, f)
+    assert all(g is not None and (g == 0).all() for g in grads)
+    # with a far third sample the boundary pair stays positive (W⁺ = 0) next to real negatives
+    f3 = feats(3, 4, device)
+    y3 = torch.tensor([0.0, 0.4, 2.0], device=device)
+    a, b, ga, gb = fused_and_reference(f3, y3, backend, tau=0.5, label_scale=1.0, reduction="none")
+    check(a, b, ga, gb)
+
+
+@pytest.mark.parametrize("backend, device", FUSED)
+def test_fused_label_scale_equivalence(backend, device):
+    f = feats(8, 6, device)
+    y = torch.tensor([-0.9, -0.5, -0.1, 0.05, 0.3, 0.55, 0.8, 1.0], device=device)  # away from the δ boundary
+    m, i = tuple(f[:3]), tuple(f[3:])
+    torch.testing.assert_close(mgcl_contrastive_loss(m, i, y, label_scale=1.0, backend=backend),
+                               mgcl_contrastive_loss(m, i, 3 * y, label_scale=3.0, backend=backend),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend, device", FUSED)
+@pytest.mark.parametrize("mode", ["literal3", "ordered6"])
+def test_fused_small_tau_large_logits(backend, device, mode):
+    # τ = 0.03 and gain 1.5: logits up to ±50 in fp32; against the fp64 reference, §10 atol scaled by gain/τ
+    B = 40
+    f = feats(B, 16, device)
+    y = torch.empty(B).uniform_(-3, 3).to(device)
+    scale = 1.5 / 0.03
+    a, b, ga, gb = fused_and_reference(f, y, backend, ref_dtype=torch.float64, same_sample_c2=mode, reduction="none")
+    check(a, b, ga, gb, tol=dict(rtol=1e-5, atol=1e-6 * scale), grad_tol=dict(rtol=1e-4, atol=1e-5 * scale))
+    # identical macro and micro features: every sim = 1, so the logits sit at the ±50 extremes
+    same = feats(B, 8, device)[:3]
+    f2 = [t.clone().requires_grad_() for t in same + same]
+    out = mgcl_contrastive_loss(tuple(f2[:3]), tuple(f2[3:]), y, same_sample_c2=mode, backend=backend)
+    grads = torch.autograd.grad(out, f2)
+    assert torch.isfinite(out) and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("backend, device", FUSED)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("case", ["B=1", "all equal", "clusters"])
+def test_fused_no_negatives(backend, device, reduction, case):
+    B = {"B=1": 1, "all equal": 5, "clusters": 6}[case]
+    f = [t.requires_grad_() for t in feats(B, 4, device)]
+    y = {"B=1": torch.tensor([0.3]), "all equal": torch.full((5,), 1.3),
+         "clusters": torch.tensor([-2.0, -2.1, -1.9, 2.0, 2.2, 2.1])}[case].to(device)
+    out = mgcl_contrastive_loss(tuple(f[:3]), tuple(f[3:]), y, reduction=reduction, backend=backend)
+    assert out.dtype == torch.float32 and out.shape == ((B,) if reduction == "none" else ())
+    grads = torch.autograd.grad(out.sum(), f)
+    assert all(g is not None for g in grads)
+    if case != "clusters":                   # no sample has a negative: the §0.5 zero
+        assert (out == 0).all() and all((g == 0).all() for g in grads)
+    else:                                    # every sample has negatives: compare with the reference
+        a, b, ga, gb = fused_and_reference([t.detach() for t in f], y, backend, tau=0.5, reduction=reduction)
+        check(a, b, ga, gb)
+
+
+@pytest.mark.parametrize("backend, device", FUSED)
+def test_fused_some_samples_without_negatives(backend, device):
+    # δ = 1 (scale 1): sample 2 (y = 0) is within δ of everyone → ℓ_2 = 0 exactly; the others are not
+    f = feats(5, 6, device)
+    y = torch.tensor([-0.9, -0.8, 0.0, 0.8, 0.9], device=device)
+    a, b, ga, gb = fused_and_reference(f, y, backend, tau=0.5, delta=1.0, label_scale=1.0, reduction="none")
+    check(a, b, ga, gb)
+    assert a[2].item() == 0 and (a[[0, 1, 3, 4]] > 0).all()
+
+
+@pytest.mark.parametrize("backend, device", FUSED)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fused_low_precision(backend, device, dtype):
+    # reference evaluated in fp32 on the same rounded inputs (§10)
+    B = 33
+    f = feats(B, 24, device, dtype=dtype)
+    y = torch.empty(B).uniform_(-3, 3).to(device)
+    a, b, ga, gb = fused_and_reference(f, y, backend, ref_dtype=torch.float32, tau=0.1)
+    assert a.dtype == torch.float32
+    check(a, b, ga, gb, tol=LOW_TOL, grad_tol=LOW_TOL)
+    g = torch.autograd.grad(mgcl_contrastive_loss(tuple(t.requires_grad_() for t in f[:3]), tuple(f[3:]), y,
+                                                  backend=backend), f[0])[0]
+    assert g.dtype == dtype
+
+
+@pytest.mark.parametrize("backend, device", FUSED)
+def test_fused_nan(backend, device):
+    f = feats(6, 5, device)
+    y = torch.tensor([-2.0, -1.5, 1.0, 2.0, 0.1, 0.2], device=device)
+    # NaN in a feature: the samples whose pairs use it become NaN, exactly as in the reference
+    for g, row in ((0, 2), (4, 1), (5, 3)):
+        bad = [t.clone() for t in f]
+        bad[g][row, 0] = float("nan")
+        out = mgcl_contrastive_loss(tuple(bad[:3]), tuple(bad[3:]), y, reduction="none", backend=backend)
+        ref = mgcl_contrastive_loss_reference(tuple(bad[:3]), tuple(bad[3:]), y, reduction="none")
+        assert torch.equal(out.isnan().cpu(), ref.isnan().cpu()) and out.isnan().any()
+        assert mgcl_contrastive_loss(tuple(bad[:3]), tuple(bad[3:]), y, backend=backend).isnan()
+        with pytest.raises(ValueError, match="non-finite"):
+            mgcl_contrastive_loss(tuple(bad[:3]), tuple(bad[3:]), y, check_finite=True, backend=backend)
+    # a NaN label: E is NaN, the pair counts as negative with a NaN weight → NaN (also for B = 1)
+    y_nan = y.clone()
+    y_nan[1] = float("nan")
+    assert mgcl_contrastive_loss(tuple(f[:3]), tuple(f[3:]), y_nan, backend=backend).isnan()
+    assert mgcl_contrastive_loss(tuple(t[:1] for t in f[:3]), tuple(t[:1] for t in f[3:]), y_nan[1:2],
+                                 backend=backend).isnan()
+    with pytest.raises(ValueError, match=r"y has 1 non-finite"):
+        mgcl_contrastive_loss(tuple(f[:3]), tuple(f[3:]), y_nan, check_finite=True, backend=backend)
+
+
+@pytest.mark.parametrize("backend, device", NON_TRITON)
+@pytest.mark.parametrize("options", [{}, {"same_sample_c2": "ordered6", "reduction": "sum"},
+                                     {"pos_weight": "clgsi", "neg_weight": "clgsi", "normalize": False},
+                                     {"pos_weight": "none", "neg_weight": "mgcl", "reduction": "none"}])
+def test_fused_gradcheck_fp64(backend, device, options):
+    # a forced backend accepts fp64 (auto would route it to the reference)
+    macro, micro = make(5, 3, requires_grad=True)
+    macro = tuple(t.to(device).detach().requires_grad_() for t in macro)
+    micro = tuple(t.to(device).detach().requires_grad_() for t in micro)
+    y = torch.tensor([-2.0, -1.5, 0.3, 2.0, 0.35], device=device)
+    fn = lambda *f: mgcl_contrastive_loss(f[:3], f[3:], y, tau=0.5, backend=backend, **options)  # noqa: E731
+    assert fn(*macro, *micro).dtype == torch.float64
+    assert torch.autograd.gradcheck(fn, macro + micro)
+
+
+def test_fused_opcheck():
+    B, d = 7, 5
+    macro = torch.randn(3 * B, d, requires_grad=True)
+    micro = torch.randn(3 * B, d, requires_grad=True)
+    y = torch.empty(B).uniform_(-3, 3)
+    for args in ((0.4, 0.5, 3.0, "mgcl", "mgcl", 1.5, False, True),
+                 (0.4, 0.5, 3.0, "clgsi", "none", 1.5, True, True),
+                 (0.2, 1.0, 1.0, "none", "clgsi", 2.0, False, False)):
+        torch.library.opcheck(torch.ops.msa_fast.mgcl_rows.default, (macro, micro, y, *args))
+
+
+def test_fused_torch_compile_fullgraph():
+    def f(m0, m1, m2, i0, i1, i2, y):
+        return (ops.mgcl_contrastive_loss((m0, m1, m2), (i0, i1, i2), y, tau=0.5, backend="cpp")
+                + ops.mgcl_contrastive_loss((m0, m1, m2), (i0, i1, i2), y, tau=0.5, same_sample_c2="ordered6",
+                                            reduction="sum", backend="cpp"))
+
+    x = [t.requires_grad_() for t in feats(11, 6)]
+    y = torch.empty(11).uniform_(-3, 3)
+    out = torch.compile(f, fullgraph=True)(*x, y)
+    grads = torch.autograd.grad(out, x)
+    x2 = [t.detach().clone().requires_grad_() for t in x]
+    out2 = f(*x2, y)
+    grads2 = torch.autograd.grad(out2, x2)
+    torch.testing.assert_close(out, out2)
+    for g, g2 in zip(grads, grads2):
+        torch.testing.assert_close(g, g2)
+
+
+def test_fused_auto_and_errors():
+    f = feats(4, 3)
+    m, i = tuple(f[:3]), tuple(f[3:])
+    y = torch.tensor([-2.0, -1.0, 1.0, 2.0])
+    torch.testing.assert_close(ops.mgcl_contrastive_loss(m, i, y), mgcl_contrastive_loss(m, i, y, backend="cpp"))
+    # fp64 under auto runs the reference
+    m64, i64 = tuple(t.double() for t in m), tuple(t.double() for t in i)
+    assert torch.equal(ops.mgcl_contrastive_loss(m64, i64, y), mgcl_contrastive_loss_reference(m64, i64, y))
+    assert torch.equal(mgcl_contrastive_loss(m, i, y, backend="reference"), mgcl_contrastive_loss_reference(m, i, y))
+    empty = tuple(torch.randn(0, 8) for _ in range(3))
+    with pytest.raises(ValueError, match=r"mgcl_contrastive_loss: macro\[0\] is empty \(shape \(0, 8\)\)"):
+        mgcl_contrastive_loss(empty, empty, torch.randn(0), backend="cpp")
+    with pytest.raises(ValueError, match=r"y must be \[B\] = \[4\], got shape \(3,\)"):
+        mgcl_contrastive_loss(m, i, y[:3], backend="cpp")
+    with pytest.raises(ValueError, match="must have the same shape"):
+        mgcl_contrastive_loss(m, (i[0], i[1], torch.randn(4, 2)), y, backend="cpp")
+    with pytest.raises(ValueError, match="pos_weight"):
+        mgcl_contrastive_loss(m, i, y, pos_weight="tanh", backend="cpp")
+    with pytest.raises(RuntimeError, match="cuda.*not available"):
+        mgcl_contrastive_loss(m, i, y, backend="cuda")
+    # the raw op checks its own inputs
+    op = torch.ops.msa_fast.mgcl_rows
+    args = (0.4, 0.5, 3.0, "mgcl", "mgcl", 1.5, False, True)
+    with pytest.raises(ValueError, match=r"macro must stack three views"):
+        op(torch.randn(4, 3), torch.randn(4, 3), y[:1], *args)
+    with pytest.raises(ValueError, match=r"macro and micro must have the same shape"):
+        op(torch.randn(6, 3), torch.randn(6, 4), y[:2], *args)
+    with pytest.raises(ValueError, match=r"y must be \[B\] = \[2\]"):
+        op(torch.randn(6, 3), torch.randn(6, 3), y, *args)
+    with pytest.raises(ValueError, match="neg_weight must be one of"):
+        op(torch.randn(6, 3), torch.randn(6, 3), y[:2], 0.4, 0.5, 3.0, "mgcl", "tanh", 1.5, False, True)
+    with pytest.raises(ValueError, match="tau must be > 0"):
+        op(torch.randn(6, 3), torch.randn(6, 3), y[:2], 0.4, 0.0, 3.0, "mgcl", "mgcl", 1.5, False, True)
+    with pytest.raises(ValueError, match="is empty"):
+        op(torch.randn(0, 3), torch.randn(0, 3), y[:0], *args)
+    with pytest.raises(ValueError, match=r"lse_pos must have 3B = 6"):
+        torch.ops.msa_fast.mgcl_rows_backward(torch.zeros(6), torch.zeros(6), torch.randn(6, 3), torch.randn(6, 3),
+                                              y[:2], torch.zeros(5), torch.zeros(6), *args)
