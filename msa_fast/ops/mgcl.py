@@ -4,8 +4,13 @@ This file holds the reference: a dense implementation that enumerates the pair s
 literally, as index lists per anchor sample (:func:`mgcl_pair_sets`), then takes
 ``ℓ_i = LSE_{P_i ∪ N_i} λ − LSE_{P_i} λ`` with the weight inside the exp. It is deliberately simple
 and separate from the engine's mask logic (rows = 3B macro features, columns = 6B features, status
-from view ids), so the two can check each other. The fused tile kernels (ops.md §1) and the public op
-``mgcl_contrastive_loss`` come with the engine.
+from view ids), so the two can check each other.
+
+Below the reference: the registrations (fake tensors, autograd, optional Triton twin) of the fused
+per-row op ``msa_fast::mgcl_rows`` (C++: csrc/cpu/mgcl.cpp — per macro row ``LSE_pos`` and
+``LSE_all``, masks and weights built in-kernel from labels and view/sample indices) and the public
+:func:`mgcl_contrastive_loss`, which merges the three rows of each sample with logsumexp and forms
+``ℓ_i`` with tensor ops, without a host sync.
 
 Feature indices of the pair lists point into ``F = cat(T_a, V_a, A_a, T_i, V_i, A_i)`` ``[6B, d]``:
 feature ``(view, sample j)`` is row ``view·B + j`` with views 0–2 the macro (T, V, A) and 3–5 the
