@@ -360,6 +360,10 @@ class Trainer:
         ebs = int(c["eval_batch_size"] or bs)
         self.valid_loader = StoreLoader(self.valid_ds, BlockBatchSampler(len(self.valid_ds), ebs), **lkw)
         self.test_loader = StoreLoader(self.test_ds, BlockBatchSampler(len(self.test_ds), ebs), **lkw)
+        # DataLoader draws each iterator's worker base seed from the *global* torch RNG unless it has its own
+        # generator: a resumed run (one more iterator mid-epoch) would then shift the dropout stream
+        for i, ld in enumerate((self.train_loader, self.valid_loader, self.test_loader)):
+            ld.dataloader.generator = torch.Generator().manual_seed(self.seed * 3 + i)
 
     # -- logging ----------------------------------------------------------------------------------------
     def log(self, record: dict) -> None:
@@ -628,7 +632,11 @@ class Trainer:
             if self.scaler.is_enabled():
                 self.scaler.unscale_(u.optimizer)
             if clip is not None:
-                torch.nn.utils.clip_grad_norm_(u.params, float(clip))
+                norm = torch.nn.utils.clip_grad_norm_(u.params, float(clip))
+            elif self.cfg["nan_check"]:
+                norm = torch.nn.utils.get_total_norm([p.grad for p in u.params if p.grad is not None])
+            if self.cfg["nan_check"] and not bool(torch.isfinite(norm)):
+                self._nonfinite_grad(u)
             if self.scaler.is_enabled():
                 self.scaler.step(u.optimizer)
             else:
@@ -640,6 +648,19 @@ class Trainer:
             self.scaler.update()
         self.model.zero_grad(set_to_none=True)
         self.state["opt_steps"] += 1
+
+    def _nonfinite_grad(self, u):
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        bad = [names.get(id(p), "?") for p in u.params if p.grad is not None and not torch.isfinite(p.grad).all()]
+        st = self.state
+        stage = self.stages[st["stage"]]
+        msg = (f"non-finite gradient at step {st['step'] + 1} (stage {stage.name!r}, epoch {st['epoch'] + 1}): "
+               f"the gradient of loss term {u.loss!r} is NaN/inf in {len(bad)} parameter(s) ({', '.join(bad[:5])}"
+               f"{' ...' if len(bad) > 5 else ''}) although the loss is finite; training stopped, the last good "
+               f"checkpoint is {self.run_dir / 'last.pt'}"
+               + ("" if (self.run_dir / "last.pt").exists() else " (none was written yet)"))
+        self.log({"event": "nonfinite_grad", "step": st["step"] + 1, "loss": u.loss, "params": bad})
+        raise NonFiniteLoss(msg)
 
     def _backward(self, terms, scale):
         if not self.multi:

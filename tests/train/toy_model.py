@@ -13,7 +13,8 @@ class ToyModel(MSAModel):
     name = "toy"
 
     def __init__(self, dims: dict, hidden: int = 8, dropout: float = 0.1, vocab: int = 512,
-                 pretrain_epochs: int = 1, nan_at_step: int | None = None, updates: bool = False):
+                 pretrain_epochs: int = 1, nan_at_step: int | None = None, updates: bool = False,
+                 nan_grad: bool = False):
         super().__init__()
         self.dims = {"audio": dims["audio"], "vision": dims["vision"]}
         self.vocab = vocab
@@ -26,6 +27,7 @@ class ToyModel(MSAModel):
         self.pretrain_epochs = pretrain_epochs
         self.nan_at_step = nan_at_step
         self.updates = updates
+        self.nan_grad = nan_grad
         self.register_buffer("calls", torch.zeros((), dtype=torch.long))
         self.epoch_ends = []
 
@@ -50,7 +52,10 @@ class ToyModel(MSAModel):
         terms = {"reg": reg, "aux": aux, "pen": pen, "total": reg + 0.1 * aux + 0.01 * pen, "pretrain": aux}
         if self.nan_at_step is not None and self.training:
             self.calls += 1
-            terms["pen"] = torch.where(self.calls >= self.nan_at_step, pen * float("nan"), pen)
+            if self.nan_grad:  # finite loss, NaN gradient (the torch.where trap)
+                terms["pen"] = torch.where(self.calls >= self.nan_at_step, pen * float("nan"), pen)
+            else:
+                terms["pen"] = pen * torch.where(self.calls >= self.nan_at_step, float("nan"), 1.0)
             terms["total"] = reg + 0.1 * aux + 0.01 * terms["pen"]
         return terms
 
