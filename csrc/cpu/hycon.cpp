@@ -3,9 +3,9 @@
 // Rows of x = [x_l; x_a; x_v] ([3K, d]); row r = m·K + k is anchor (k, m), u = n(x), s_rc = u_r·u_c.
 // With c_k the class of sample k (−1: dropped by drop_zero, neither anchor nor candidate of
 // IAMCL/IEMCL), Pos1(k) = {j ≠ k : c_j = c_k} and Neg1(k) = {j : c_j ≠ c_k}, both over kept samples:
-//   stats[r] = ( Σ_{j∈Pos1} f(s_{r,mK+j}),  Σ_{j∈Neg1} f(s_{r,mK+j}),  Σ_{j∈Pos1} (s_{r,mK+j} − 1)²,        same view
-//                Σ_{m′≠m, j∈Pos1} f(s),    Σ_{m′≠m, j∈Neg1} f(s),    Σ_{m′≠m, j∈Pos1} (s − α)²,             other views
-//                Σ_{m′≠m} (s_{r,m′K+k} − α)² )                                                            SCL (not halved)
+//   stats[r] = ( Σ_{j∈Pos1} f(s_{r,mK+j}),  Σ_{j∈Neg1} f(s_{r,mK+j}),  Σ_{j∈Pos1} (s_{r,mK+j} − 1)²,   same view
+//                Σ_{m′≠m, j∈Pos1} f(s),    Σ_{m′≠m, j∈Neg1} f(s),    Σ_{m′≠m, j∈Pos1} (s − α)²,        other views
+//                Σ_{m′≠m} (s_{r,m′K+k} − α)² )                                                       SCL (not halved)
 // f = 'cos' s, 'cos01' (1 + s)/2, 'exp_tau' exp(s/τ). A dropped anchor has stats 0…5 = 0. The last
 // column is the unhalved SCL sum: the Python side multiplies it by ½.
 //
@@ -19,8 +19,9 @@
 // GEMM per slab gives the block's rows of dU (no second, transposed GEMM: every row of dU is owned by
 // one block, so no atomics and no reduction across blocks). Then back through n(·).
 // Blocks run in parallel, each thread with its own slab and single-threaded GEMMs, so a slab is made
-// and consumed on the same core; the block partition does not depend on the thread count, and each
-// row's sums run in a fixed order, so results are deterministic.
+// and consumed on the same core. The block partition depends only on N and the thread count (small
+// N is split so that every thread gets a block), and each row's sums run in a fixed order, so results
+// are deterministic for a given thread count.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -77,8 +78,8 @@ MSA_HYCON_INLINE T transform_grad(T v, T inv_tau) {
 // j = k): Σ_pos f(s), Σ_neg f(s), Σ_pos (s − target)², for an anchor of class c ≥ 0. Selection (not
 // multiplication by a mask) so that a NaN only enters through the pairs of the anchor's own sets.
 template <typename T, int F>
-MSA_HYCON_INLINE void seg_sums(const T* s, const int32_t* cls, int64_t begin, int64_t end, int32_t c, T target, T inv_tau,
-                     T* acc) {
+MSA_HYCON_INLINE void seg_sums(const T* s, const int32_t* cls, int64_t begin, int64_t end, int32_t c, T target,
+                               T inv_tau, T* acc) {
   T sp = 0, sn = 0, sq = 0;
 #pragma omp simd reduction(+ : sp, sn, sq)
   for (int64_t j = begin; j < end; ++j) {
@@ -101,8 +102,8 @@ MSA_HYCON_INLINE void seg_sums(const T* s, const int32_t* cls, int64_t begin, in
 // c ≥ 0. (ap, an, aq) are the row's coefficients of (Σ_pos f, Σ_neg f, Σ_pos (s − target)²) and
 // (Ap, An, Aq) the columns' coefficients of the same three statistics.
 template <typename T, int F>
-MSA_HYCON_INLINE void seg_grad(T* s, const int32_t* cls, int64_t begin, int64_t end, int32_t c, T target, T inv_tau, T ap,
-                     T an, T aq, const T* Ap, const T* An, const T* Aq) {
+MSA_HYCON_INLINE void seg_grad(T* s, const int32_t* cls, int64_t begin, int64_t end, int32_t c, T target,
+                               T inv_tau, T ap, T an, T aq, const T* Ap, const T* An, const T* Aq) {
 #pragma omp simd
   for (int64_t j = begin; j < end; ++j) {
     const T v = s[j];
@@ -206,9 +207,13 @@ at::Tensor dense_classes(const at::Tensor& classes) {
   return rank.masked_fill_(c == -1, -1).to(at::kInt).contiguous();
 }
 
+// Rows per block: a slab of about kSlabBytesPerThread (at least 64 rows, for GEMM efficiency), but no
+// more than an even share of the rows per thread, so that mid-sized N still uses every core.
 int64_t slab_rows(int64_t n, int64_t elem_bytes) {
-  const int64_t bm = kSlabBytesPerThread / std::max<int64_t>(n * elem_bytes, 1);
-  return std::min(n, std::max<int64_t>(64, bm));
+  const int64_t by_bytes = std::max<int64_t>(64, kSlabBytesPerThread / std::max<int64_t>(n * elem_bytes, 1));
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t share = (n + threads - 1) / threads;
+  return std::max<int64_t>(1, std::min({n, by_bytes, (share + 15) / 16 * 16}));
 }
 
 at::Tensor hycon_rows_cpu(const at::Tensor& x, const at::Tensor& classes, double alpha, c10::string_view transform_sv,

@@ -244,16 +244,20 @@ if importlib.util.find_spec("msa_fast.kernels.hycon") is not None:
 def _kernel_classes(y: torch.Tensor, drop_zero: bool):
     """Class ids for the kernel (dense, ≥ 0; −1 = dropped), the kept mask and N_k, as tensor ops (no sync).
 
-    User class ids may be any integers (−1 included), so they are first replaced by their rank among the
-    sorted ids (``searchsorted`` gives the index of the first equal id: equal ids ↔ equal ranks).
+    Float and bool y give classes 0/1. Integer ids may be anything (−1 included), so they are replaced by
+    their rank among the sorted ids (``searchsorted`` gives the index of the first equal id: equal ids ↔
+    equal ranks, in [0, K)).
     """
     K = y.shape[0]
     cls = hycon_classes(y)
-    ids = torch.searchsorted(torch.sort(cls).values, cls)                  # in [0, K)
+    if y.is_floating_point() or y.dtype == torch.bool:
+        ids = cls                                                          # 0/1
+    else:
+        ids = torch.searchsorted(torch.sort(cls).values, cls)              # in [0, K)
     keep = y != 0 if drop_zero else torch.ones(K, dtype=torch.bool, device=y.device)
-    # Class sizes among kept samples (dropped ones are counted in a spare slot K), N_k = size − 1.
-    slot = torch.where(keep, ids, K)
-    sizes = torch.zeros(K + 1, dtype=torch.int64, device=y.device).scatter_add_(0, slot, torch.ones_like(slot))
+    # Class sizes among kept samples (dropped ones are counted in a spare slot K + 1), N_k = size − 1.
+    slot = torch.where(keep, ids, K + 1)
+    sizes = torch.zeros(K + 2, dtype=torch.int64, device=y.device).scatter_add_(0, slot, torch.ones_like(slot))
     n_k = torch.where(keep, sizes[ids] - 1, 0)
     return torch.where(keep, ids, -1), keep, n_k
 
