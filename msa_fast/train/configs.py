@@ -4,10 +4,8 @@ A resolved config is one flat-or-nested ``dict`` (JSON-serialisable) saved as ``
 directory. Layers, later ones winning:
 
 1. :data:`ENGINE_DEFAULTS` (the training engine's own keys: batch size, optimiser, schedule, AMP, ...);
-2. the model's defaults, from the model registry when it provides them
-   (``msa_fast.models.default_config(name, dataset)``, else ``msa_fast.models.DEFAULTS[name]``, else a
-   ``defaults`` / ``default_config`` attribute of the registered class); a dict keyed by dataset
-   (``{'mosi': {...}, 'mosei': {...}}``) under ``'datasets'`` is merged for the chosen dataset;
+2. the model's defaults for the dataset, from the model registry
+   (``msa_fast.models[.configs].default_config(name, dataset)``: one config per model x dataset);
 3. an optional JSON config file (``--config FILE``);
 4. ``--set key=value`` overrides. ``key`` may be dotted (``hycon.fusion=concat``) to reach into a nested
    dict, or name a flat dotted key as it appears in the model defaults. Values are parsed as JSON
@@ -28,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = ["ENGINE_DEFAULTS", "DEFAULT_SEEDS", "parse_value", "apply_overrides", "resolve_config",
-           "model_defaults", "flat_keys"]
+           "model_defaults", "build_model", "registry_dataset", "flat_keys"]
 
 #: The evaluation protocol's seeds (data.md §4).
 DEFAULT_SEEDS = [1111, 1112, 1113, 1114, 1115]
@@ -213,48 +211,68 @@ def _merge(base: dict, extra: Mapping[str, Any]) -> dict:
     return base
 
 
+def _registry():
+    """``(build, default_config, available_models)`` of the model registry, or ``None`` if absent."""
+    import importlib
+
+    for mod in ("msa_fast.models", "msa_fast.models.configs", "msa_fast.models.registry"):
+        try:
+            m = importlib.import_module(mod)
+        except ImportError:
+            continue
+        build = getattr(m, "build", None)
+        if callable(build):
+            return (build, getattr(m, "default_config", None),
+                    getattr(m, "available_models", None) or getattr(m, "available", None))
+    return None
+
+
+def registry_dataset(dataset: str | None) -> str | None:
+    """The registry's dataset family for a store's dataset name (CH-SIMS v2 uses the CH-SIMS configs)."""
+    if dataset is None:
+        return None
+    d = str(dataset).lower()
+    return "sims" if d in ("simsv2", "sims2", "ch-sims", "chsims") else d
+
+
 def model_defaults(model: str, dataset: str | None = None) -> dict:
-    """The model's default config from the registry (``{}`` for keys it leaves to the engine).
+    """The model's default config for ``dataset`` from the registry.
 
     Raises ``ValueError`` naming the model when the registry does not know it (or does not exist yet)."""
-    try:
-        import msa_fast.models as models
-    except ImportError as e:  # pragma: no cover
-        raise ValueError(f"cannot load the model registry for {model!r}: {e}") from e
-    build = getattr(models, "build", None)
-    if build is None:
-        raise ValueError(f"unknown model {model!r}: the model registry (msa_fast.models.build) is not "
-                         f"available in this installation")
-    names = None
-    for attr in ("available", "list_models", "names"):
-        fn = getattr(models, attr, None)
-        if callable(fn):
-            names = list(fn())
-            break
-    if names is None:
-        reg = getattr(models, "REGISTRY", None) or getattr(models, "MODELS", None)
-        if isinstance(reg, Mapping):
-            names = list(reg)
-    if names is not None and model not in names:
-        close = difflib.get_close_matches(model, names, n=3, cutoff=0.4)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown model {model!r}{hint} (available: {', '.join(sorted(names)) or 'none'})")
-    cfg: dict = {}
-    fn = getattr(models, "default_config", None)
-    if callable(fn):
-        try:
-            got = fn(model, dataset)
-        except TypeError:
-            got = fn(model)
-        cfg = copy.deepcopy(dict(got or {}))
-    else:
-        table = getattr(models, "DEFAULTS", None)
-        if isinstance(table, Mapping) and model in table:
-            cfg = copy.deepcopy(dict(table[model]))
+    reg = _registry()
+    if reg is None:
+        raise ValueError(f"unknown model {model!r}: the model registry (msa_fast.models build/default_config) "
+                         f"is not available in this installation")
+    build, default_config, available = reg
+    if callable(available):
+        names = list(available())
+        if model not in names:
+            close = difflib.get_close_matches(model, names, n=3, cutoff=0.4)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(f"unknown model {model!r}{hint} (available models: {', '.join(sorted(names)) or 'none'})")
+    if not callable(default_config):
+        return {}
+    cfg = copy.deepcopy(dict(default_config(model, registry_dataset(dataset)) or {}))
     per_ds = cfg.pop("datasets", None)
     if isinstance(per_ds, Mapping) and dataset and dataset in per_ds:
         _merge(cfg, per_ds[dataset])
     return cfg
+
+
+def build_model(model: str, cfg: Mapping[str, Any], dims, dataset: str | None = None):
+    """Build ``model`` with the registry, passing only the model's own config keys (the engine's keys
+    are not the model's business)."""
+    reg = _registry()
+    if reg is None:
+        raise ValueError(f"unknown model {model!r}: the model registry (msa_fast.models build) is not available")
+    build, default_config, _ = reg
+    ds = registry_dataset(dataset)
+    keys = set(default_config(model, ds)) if callable(default_config) else set(cfg)
+    mcfg = {k: v for k, v in cfg.items() if k in keys}
+    try:
+        return build(model, mcfg, dims, dataset=ds)
+    except TypeError:
+        return build(model, mcfg, dims)
 
 
 def resolve_config(model: str | None = None, dataset: str | None = None, *,

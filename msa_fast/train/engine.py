@@ -20,8 +20,9 @@ the per-epoch hook (label banks). What the engine adds, each a tested building b
   parameters, all from the same forward (pre-step parameters), then the optimisers step in order;
 * optional model hooks besides ``on_epoch_end``: ``on_batch_end(batch, out, stage, epoch)`` after
   the backward of every batch (SUGRM's label update) and ``on_epoch_start(epoch, stage)``; state they
-  keep in buffers is checkpointed with the model. ``stage.extra['pred_key']`` names the output that is
-  evaluated (default ``'pred'``);
+  keep in buffers is checkpointed with the model. ``stage.extra`` may set the stage's ``lr``,
+  ``batch_size`` and ``weight_decay`` (passed to ``param_groups``), ``pred`` / ``pred_key`` (the output
+  that is evaluated, default ``'pred'``) and ``patience`` / ``early_stop_patience``;
 * **evaluation** every epoch on valid with :func:`msa_fast.metrics.compute` (dataset from the store),
   selection on the unrounded validation MAE (improvement > ``select_tol``), early stopping after
   ``patience`` epochs without one, the best weights restored at the end of a selecting stage, and
@@ -197,6 +198,11 @@ def check_model_dims(model, reader) -> None:
         dims = model.expected_dims()
     elif isinstance(getattr(model, "dims", None), dict):
         dims = model.dims
+    elif hasattr(getattr(model, "dims", None), "d_a"):  # msa_fast.models.configs.DataDims
+        d = model.dims
+        dims = {"audio": d.d_a, "vision": d.d_v}
+        if getattr(d, "d_t", None) is not None and "text_feat" in reader.keys("train"):
+            dims["text"] = d.d_t
     if dims:
         allowed = ("audio", "vision", "text", "text_len", "audio_len", "vision_len")
         reader.check_dims(**{k: v for k, v in dims.items() if k in allowed})
@@ -340,14 +346,31 @@ class Trainer:
 
     # -- data -----------------------------------------------------------------------------------------
     def _build_loaders(self):
-        from msa_fast.data.loader import BlockBatchSampler, StoreDataset, StoreLoader, auto_block_size
+        from msa_fast.data.loader import BlockBatchSampler, StoreDataset, StoreLoader
 
         c = self.cfg
         kw = dict(in_memory=bool(c["in_memory"]), text_features=c["text_features"])
         self.train_ds = StoreDataset(self.reader, "train", **kw)
         self.valid_ds = StoreDataset(self.reader, "valid", **kw)
         self.test_ds = StoreDataset(self.reader, "test", **kw)
-        bs = int(c["batch_size"])
+        self._lkw = dict(num_workers=int(c["num_workers"]), pin_memory=self.device.type == "cuda")
+        self.train_loader = None
+        self._build_train_loader(int(c["batch_size"]))
+        ebs = int(c["eval_batch_size"] or c["batch_size"])
+        self.valid_loader = StoreLoader(self.valid_ds, BlockBatchSampler(len(self.valid_ds), ebs), **self._lkw)
+        self.test_loader = StoreLoader(self.test_ds, BlockBatchSampler(len(self.test_ds), ebs), **self._lkw)
+        # DataLoader draws each iterator's worker base seed from the *global* torch RNG unless it has its own
+        # generator: a resumed run (one more iterator mid-epoch) would then shift the dropout stream
+        for i, ld in enumerate((self.valid_loader, self.test_loader)):
+            ld.dataloader.generator = torch.Generator().manual_seed(self.seed * 3 + 1 + i)
+
+    def _build_train_loader(self, bs: int):
+        """The shuffling train loader for (global) batch size ``bs`` (stages may set their own)."""
+        from msa_fast.data.loader import BlockBatchSampler, StoreLoader, auto_block_size
+
+        if self.train_loader is not None and self.train_loader.sampler.batch_size == bs:
+            return
+        c = self.cfg
         block = auto_block_size(self.train_ds, bs) if c["block_size"] == "auto" else int(c["block_size"])
         skw = dict(shuffle=True, seed=self.seed, drop_last=bool(c["drop_last"]), block_size=block)
         if self.dist.enabled:
@@ -355,15 +378,25 @@ class Trainer:
                                                world_size=self.dist.world_size, **skw)
         else:
             sampler = BlockBatchSampler(len(self.train_ds), bs, **skw)
-        lkw = dict(num_workers=int(c["num_workers"]), pin_memory=self.device.type == "cuda")
-        self.train_loader = StoreLoader(self.train_ds, sampler, **lkw)
-        ebs = int(c["eval_batch_size"] or bs)
-        self.valid_loader = StoreLoader(self.valid_ds, BlockBatchSampler(len(self.valid_ds), ebs), **lkw)
-        self.test_loader = StoreLoader(self.test_ds, BlockBatchSampler(len(self.test_ds), ebs), **lkw)
-        # DataLoader draws each iterator's worker base seed from the *global* torch RNG unless it has its own
-        # generator: a resumed run (one more iterator mid-epoch) would then shift the dropout stream
-        for i, ld in enumerate((self.train_loader, self.valid_loader, self.test_loader)):
-            ld.dataloader.generator = torch.Generator().manual_seed(self.seed * 3 + i)
+        self.train_loader = StoreLoader(self.train_ds, sampler, **self._lkw)
+        self.train_loader.dataloader.generator = torch.Generator().manual_seed(self.seed * 3)
+
+    def _stage_cfg(self, stage) -> dict:
+        """The config a stage runs with: its ``extra`` may set ``lr`` and ``batch_size`` (MGCL stage 1)."""
+        extra = stage.extra if isinstance(stage.extra, dict) else {}
+        c = dict(self.cfg)
+        for k in ("lr", "batch_size", "weight_decay"):
+            if extra.get(k) is not None:
+                c[k] = extra[k]
+        return c
+
+    @staticmethod
+    def _stage_opt(stage, *names, default=None):
+        extra = stage.extra if isinstance(stage.extra, dict) else {}
+        for n in names:
+            if n in extra:
+                return extra[n]
+        return default
 
     # -- logging ----------------------------------------------------------------------------------------
     def log(self, record: dict) -> None:
@@ -414,8 +447,7 @@ class Trainer:
                                  f"{sorted(k for k in mods if k and '.' not in k)})")
         return ids
 
-    def _make_optimizer(self, groups):
-        c = self.cfg
+    def _make_optimizer(self, groups, c):
         name = str(c["optimizer"]).lower()
         kw = {}
         if name in ("adam", "adamw"):
@@ -454,10 +486,12 @@ class Trainer:
 
     def _setup_stage(self, si: int):
         stage = self.stages[si]
+        scfg = self._stage_cfg(stage)
+        self._build_train_loader(int(scfg["batch_size"]))
         trainable = self._module_params(stage.trainable)
         for p in self.model.parameters():
             p.requires_grad_(id(p) in trainable)
-        groups = self.model.param_groups(self.cfg)
+        groups = self.model.param_groups(scfg)
         seen = set()
         specs = stage.extra.get("updates") if isinstance(stage.extra, dict) else None
         self.updates: list[_Update] = []
@@ -475,7 +509,7 @@ class Trainer:
             params = [p for g in gs for p in g["params"]]
             if not params:
                 raise ValueError(f"stage {stage.name!r}, update {spec.get('name')!r}: no trainable parameters")
-            opt = self._make_optimizer(gs)
+            opt = self._make_optimizer(gs, scfg)
             self.updates.append(_Update(str(spec.get("name", "main")), str(spec.get("loss", stage.loss)), params, opt,
                                         self._make_scheduler(opt, stage), None))
         missing = [n for n, p in self.model.named_parameters() if p.requires_grad and id(p) not in seen]
@@ -757,7 +791,7 @@ class Trainer:
         from msa_fast import metrics
 
         stage = self.stages[si]
-        key = stage.extra.get("pred_key", "pred") if isinstance(stage.extra, dict) else "pred"
+        key = self._stage_opt(stage, "pred_key", "pred", default="pred")
         p, y, ids = _collect(self.model, loader, self.device, key, amp_dtype=self.amp_dtype)
         res = metrics.compute(p, y, self.dataset)
         raw = metrics.compute(p, y, self.dataset, raw=True)
@@ -803,8 +837,7 @@ class Trainer:
             si = st["stage"]
             stage = self.stages[si]
             max_ep = self._max_epochs(stage)
-            patience = stage.extra.get("patience", self.cfg["patience"]) if isinstance(stage.extra, dict) \
-                else self.cfg["patience"]
+            patience = self._stage_opt(stage, "patience", "early_stop_patience", default=self.cfg["patience"])
             ebar = self._bar(max_ep, f"stage {stage.name}")
             if ebar is not None:
                 ebar.update(st["epoch"])

@@ -58,11 +58,22 @@ def test_resolve_layers(tmp_path):
 
 
 def test_unknown_model_is_a_clear_error():
-    import msa_fast.models as models
+    from msa_fast.train.configs import _registry
 
-    if hasattr(models, "build"):
-        with pytest.raises(ValueError, match="no_such_model"):
-            resolve_config("no_such_model")
+    if _registry() is not None:
+        with pytest.raises(ValueError, match="unknown model 'hycn'.*did you mean hycon"):
+            resolve_config("hycn")
     else:
         with pytest.raises(ValueError, match=r"unknown model 'hycon'.*registry"):
             resolve_config("hycon")
+
+
+def test_registry_defaults_are_layered():
+    from msa_fast.train.configs import _registry
+
+    if _registry() is None:
+        pytest.skip("model registry not installed")
+    cfg = resolve_config("hycon", "mosi", overrides=["fusion=concat", "patience=3"])
+    assert cfg["fusion"] == "concat" and cfg["lr"] == 1e-5 and cfg["patience"] == 3 and cfg["grad_accum"] == 1
+    with pytest.raises(ValueError, match="'fusoin'.*fusion"):
+        resolve_config("hycon", "mosi", overrides=["fusoin=concat"])
