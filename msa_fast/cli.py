@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     from msa_fast.data.cli import add_parser as add_data_parser  # light: argparse only
 
     add_data_parser(sub)
+    from msa_fast.train.cli import add_parsers as add_train_parsers  # light: argparse only
+
+    add_train_parsers(sub)
     return parser
 
 

@@ -84,3 +84,12 @@ def toy_for(store, **kw):
 
     with StoreReader(store) as r:
         return ToyModel(r.meta["feature_dims"], **kw)
+
+
+def build(cfg, dims):
+    """Factory for ``msa-fast train --model tests.train.toy_model:build`` (``dims``: a DataDims mapping)."""
+    return ToyModel({"audio": dims["d_a"], "vision": dims["d_v"]}, hidden=int(cfg.get("hidden", 8)),
+                    dropout=float(cfg.get("dropout", 0.1)), pretrain_epochs=int(cfg.get("pretrain_epochs", 1)))
+
+
+build.default_config = {"hidden": 8, "dropout": 0.1, "pretrain_epochs": 1, "batch_size": 16, "lr": 1e-2}
