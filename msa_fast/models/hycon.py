@@ -94,7 +94,10 @@ class _MTELayer(nn.Module):
 
     def forward(self, h):
         x = self.ln1(h)
-        h = h + self.res_dropout(self.attn(x, x, x, need_weights=False)[0])
+        # key/value as a view (not the query object): eval mode never takes PyTorch's fused MHA fast path
+        # (different rounding from the exported graph), so exported predictions are bit-identical
+        kv = x.view_as(x)
+        h = h + self.res_dropout(self.attn(x, kv, kv, need_weights=False)[0])
         x = self.ln2(h)
         return h + self.res_dropout(self.fc2(self.relu_dropout(F.relu(self.fc1(x)))))
 
