@@ -776,6 +776,10 @@ class Trainer:
                         self._call_hooks("step", {"stage": si, "batch": bi, "terms": vals})
                     except StopTraining as e:
                         self._stop(f"stopped by hook: {e}")
+                    if self.dist.enabled:  # every rank stops at the same step (torchrun forwards SIGINT to all)
+                        flag = torch.tensor([int(self._interrupt)])
+                        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                        self._interrupt = bool(flag.item())
                     if self._interrupt:
                         self._stop("SIGINT")
                     if self.stop_after_steps is not None and st["step"] >= self.stop_after_steps:

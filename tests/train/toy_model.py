@@ -28,6 +28,7 @@ class ToyModel(MSAModel):
         self.nan_at_step = nan_at_step
         self.updates = updates
         self.nan_grad = nan_grad
+        self.step_sleep = 0.0
         self.register_buffer("calls", torch.zeros((), dtype=torch.long))
         self.epoch_ends = []
 
@@ -72,6 +73,13 @@ class ToyModel(MSAModel):
     def on_epoch_end(self, epoch, stage):
         self.epoch_ends.append((stage.name, epoch))
 
+    def on_batch_end(self, batch, out, stage, epoch):
+        if self.step_sleep:  # slow steps for the SIGINT test; the line tells the test training is under way
+            import time
+
+            print(f"batch done: stage {stage.name} epoch {epoch}", flush=True)
+            time.sleep(self.step_sleep)
+
 
 def tiny_store(path, like="mosi", scale=0.05, seed=0):
     from msa_fast.data.synthetic import write_synthetic_store
@@ -88,8 +96,11 @@ def toy_for(store, **kw):
 
 def build(cfg, dims):
     """Factory for ``msa-fast train --model tests.train.toy_model:build`` (``dims``: a DataDims mapping)."""
-    return ToyModel({"audio": dims["d_a"], "vision": dims["d_v"]}, hidden=int(cfg.get("hidden", 8)),
-                    dropout=float(cfg.get("dropout", 0.1)), pretrain_epochs=int(cfg.get("pretrain_epochs", 1)))
+    m = ToyModel({"audio": dims["d_a"], "vision": dims["d_v"]}, hidden=int(cfg.get("hidden", 8)),
+                 dropout=float(cfg.get("dropout", 0.1)), pretrain_epochs=int(cfg.get("pretrain_epochs", 1)))
+    m.step_sleep = float(cfg.get("step_sleep", 0.0))
+    return m
 
 
-build.default_config = {"hidden": 8, "dropout": 0.1, "pretrain_epochs": 1, "batch_size": 16, "lr": 1e-2}
+build.default_config = {"hidden": 8, "dropout": 0.1, "pretrain_epochs": 1, "batch_size": 16, "lr": 1e-2,
+                        "step_sleep": 0.0}
