@@ -24,6 +24,11 @@ every provider:
   CPU, first touches of freshly mmapped output buffers are often the largest cost) and the 1-minute
   load average before and after timing (on a shared machine, read ratios with it in mind).
 
+* **CPU time** (metric ``cpu_time``, unit ``ms``, CPU only): ``time.process_time`` per call (user +
+  system time of all threads of the process, page-fault handling included), from the same calls. With
+  ``--threads 1`` it is the work a call does, insensitive to other processes taking the core; with
+  more threads it also counts OpenMP spin-waiting. The speed target is judged on wall-clock ``speed``.
+
 * **peak memory** (metric ``memory``, unit ``MiB``): the peak of bytes allocated by the PyTorch allocator
   *during* the measured step, above what was live when the step started (so the inputs, and in
   ``backward`` mode the forward graph, are not counted; what the step allocates and frees — outputs,
@@ -258,11 +263,14 @@ def _minor_faults() -> int:
 
 
 def time_steps(steps: dict[str, Step], *, device: torch.device | str = "cpu", warmup: int = 5, repeats: int = 20,
-               interleave: bool = True, faults: dict[str, float] | None = None) -> dict[str, Stats]:
-    """p50/p20/p80 in milliseconds per step name (see the module docstring for the method).
+               interleave: bool = True, faults: dict[str, float] | None = None,
+               cpu_time: dict[str, Stats] | None = None) -> dict[str, Stats]:
+    """p50/p20/p80 wall-clock milliseconds per step name (see the module docstring for the method).
 
     On CPU, `faults` (if given) receives the mean number of minor page faults per call of each step,
-    counted outside the timed window; the output of a call is freed after the timer stops.
+    counted outside the timed window, and `cpu_time` the p50/p20/p80 of the process CPU time per call
+    (``time.process_time``: all threads, user + system); the output of a call is freed after the timer
+    stops.
     """
     device = torch.device(device)
     if device.type == "cuda":
@@ -284,6 +292,7 @@ def time_steps(steps: dict[str, Step], *, device: torch.device | str = "cpu", wa
     else:
         schedule = [n for n in names for _ in range(repeats)]
     samples: dict[str, list[float]] = {n: [] for n in names}
+    cpu_samples: dict[str, list[float]] = {n: [] for n in names}
     fault_counts: dict[str, int] = {n: 0 for n in names}
     gc.collect()
     gc_was_enabled = gc.isenabled()
@@ -293,12 +302,15 @@ def time_steps(steps: dict[str, Step], *, device: torch.device | str = "cpu", wa
             step = steps[name]
             step.before()
             f0 = _minor_faults()
+            c0 = time.process_time()
             t0 = time.perf_counter()
             out = step.run()
             t1 = time.perf_counter()
+            c1 = time.process_time()
             fault_counts[name] += _minor_faults() - f0
             del out
             samples[name].append((t1 - t0) * 1e3)
+            cpu_samples[name].append((c1 - c0) * 1e3)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -306,6 +318,8 @@ def time_steps(steps: dict[str, Step], *, device: torch.device | str = "cpu", wa
             step.before()
     if faults is not None:
         faults.update({n: fault_counts[n] / max(len(samples[n]), 1) for n in names})
+    if cpu_time is not None:
+        cpu_time.update({n: stats(c) for n, c in cpu_samples.items()})
     return {n: stats(s) for n, s in samples.items()}
 
 
@@ -530,15 +544,18 @@ def run_case(case: Case, *, modes: Sequence[str] = MODES, warmup: int = 5, repea
             log(f"  {case.kernel} {case.variant} {case.x_value} {mode}")
         steps = {name: make_step(fn, args, mode) for name, fn in case.providers.items()}
         faults: dict[str, float] = {}
+        cpu: dict[str, Stats] = {}
         load_before = _loadavg()
         speed = time_steps(steps, device=device, warmup=warmup, repeats=repeats, interleave=interleave,
-                           faults=faults)
+                           faults=faults, cpu_time=cpu)
         load = {"loadavg_1m": [load_before, _loadavg()]} if load_before is not None else {}
         for name in case.providers:
             detail = {**provider_extra[name], "repeats": repeats, "warmup": warmup, "interleaved": interleave, **load}
             if name in faults:
                 detail["minor_faults_per_call"] = round(faults[name], 1)
             rows.append(_row(case, info, name, mode, "speed", "ms", speed[name], detail))
+            if name in cpu:
+                rows.append(_row(case, info, name, mode, "cpu_time", "ms", cpu[name], detail))
         if memory:
             peaks = peak_memory_many(steps, device=device, repeats=mem_repeats)
             for name in case.providers:
@@ -640,7 +657,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         f" {p:>26}" for p in providers)
     lines.append(head)
     lines.append("-" * len(head))
-    order = {"speed": 0, "memory": 1, "saved_tensors": 2, "saved_bytes": 3}
+    order = {"speed": 0, "cpu_time": 1, "memory": 2, "saved_tensors": 3, "saved_bytes": 4}
     cases = list(dict.fromkeys(k[:3] for k in groups))  # cases in the order they were measured
     for key in sorted(groups, key=lambda k: (cases.index(k[:3]), order.get(k[3], 9),
                                              ALL_MODES.index(k[5]) if k[5] in ALL_MODES else 9)):
@@ -650,7 +667,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
             r = groups[key].get(p)
             if r is None:
                 cells.append(f" {'-':>26}")
-            elif metric in ("speed", "memory"):
+            elif metric in ("speed", "cpu_time", "memory"):
                 cells.append(f" {_num(r['p50']):>8} [{_num(r['p20'])}, {_num(r['p80'])}]".rjust(27))
             else:
                 cells.append(f" {int(float(r['p50'])):>26}")
@@ -761,6 +778,11 @@ def report(rows: Sequence[dict[str, Any]], args: argparse.Namespace, *, target: 
     print()
     speed = ratios(rows, metric="speed")
     print(format_ratios(speed))
+    cpu = ratios(rows, metric="cpu_time")
+    if cpu:
+        print()
+        print(format_ratios(cpu, title="CPU-TIME RATIOS (baseline / fused process CPU time; with 1 thread, robust "
+                                       "to other load)").replace("fused ms", "fused cpu").replace(" base ms", "base cpu"))
     mem = ratios(rows, metric="memory")
     if mem:
         print()

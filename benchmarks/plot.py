@@ -23,7 +23,7 @@ if __package__ in (None, ""):
 from benchmarks import harness  # noqa: E402
 
 DEFAULT_OUT = harness.BENCH_DIR / "plots"
-METRIC_LABEL = {"speed": "time per call (ms)", "memory": "peak allocated during the call (MiB)",
+METRIC_LABEL = {"speed": "time per call (ms)", "cpu_time": "process CPU time per call (ms)", "memory": "peak allocated during the call (MiB)",
                 "saved_tensors": "extra tensors saved for backward", "saved_bytes": "extra bytes saved for backward"}
 
 

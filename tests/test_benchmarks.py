@@ -40,6 +40,7 @@ def test_run_case_rows_columns_and_ratios(tmp_path):
         for mode in harness.MODES:
             assert (provider, mode, "speed") in modes
             assert (provider, mode, "memory") in modes
+            assert (provider, mode, "cpu_time") in modes
         assert (provider, "forward", "saved_tensors") in modes
     path = harness.append_csv(rows, tmp_path / "results.csv")
     harness.append_csv(rows, path)  # appending keeps one header
