@@ -15,6 +15,15 @@ from msa_fast.ops.hycon import hycon_loss_reference
 
 pytest.importorskip("transformers")
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny models: one intra-op thread is much faster, and robust on a loaded machine (2 threads spin)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 TINY_BERT = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
 TINY = dict(text_model="random", text_random_config=TINY_BERT, d=12, mte_heads=3, mte_layers=1)
 
