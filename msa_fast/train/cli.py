@@ -170,6 +170,7 @@ def _train(args) -> int:
                 return _fail("train", f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                                       f"or choose another --out")
         factory = model_factory(model, cfg.get("data_dims") or data_dims(reader), cfg.get("dataset"))
+        dist.barrier()  # every rank has checked the run directory before rank 0 writes into it
         if dist.is_main:
             print(f"run directory: {run_dir}", file=sys.stderr)
         res = run_seeds(factory, cfg, reader, run_dir, seeds=cfg.get("seeds"), resume=bool(args.resume), dist=dist)

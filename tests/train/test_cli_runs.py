@@ -81,7 +81,7 @@ def test_cli_sigint_checkpoints_and_resume_matches(store, tmp_path):
             "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     run = tmp_path / "cut"
-    p = subprocess.Popen([sys.executable, "-m", "msa_fast.cli", *args, "--out", str(run), "--set", "step_sleep=0.3"],
+    p = subprocess.Popen([sys.executable, "-m", "msa_fast.cli", *args, "--out", str(run), "--set", "step_sleep=0.15"],
                          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         seen = 0
