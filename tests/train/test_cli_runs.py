@@ -111,3 +111,18 @@ def test_cli_sigint_checkpoints_and_resume_matches(store, tmp_path):
     a = json.load(open(run / "summary.json"))["per_seed"]
     b = json.load(open(tmp_path / "full" / "summary.json"))["per_seed"]
     assert a == b
+
+
+def test_cli_train_without_data_uses_the_default_dataset(store, tmp_path, monkeypatch, capsys):
+    import msa_fast.data.default as default
+
+    calls = []
+
+    def fake_default(*a, **k):
+        calls.append(k)
+        return store
+
+    monkeypatch.setattr(default, "default_dataset", fake_default)
+    assert main(["train", "--model", TOY, "--seeds", "1", "--epochs", "1", "--no-compile", "--no-progress",
+                 "--out", str(tmp_path / "r")]) == 0
+    assert calls and json.load(open(tmp_path / "r" / "config.json"))["data"] == os.path.abspath(store)

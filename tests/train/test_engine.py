@@ -220,7 +220,8 @@ def test_compiled_fullgraph_matches_eager(store, cfg, tmp_path):
 
 
 def test_bf16_autocast_and_tensorboard(store, cfg, tmp_path):
-    _, rec = _run(store, {**cfg, "epochs": 1, "amp": "bf16", "tensorboard": True}, tmp_path, pretrain_epochs=0)
+    _, rec = _run(store, {**cfg, "epochs": 1, "amp": "bf16", "tensorboard": True,
+                                    "progress": True}, tmp_path, pretrain_epochs=0)
     assert all(v == v for v in rec["test_raw"].values() if isinstance(v, float))
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
 
@@ -245,3 +246,23 @@ def test_checkpoint_failure_stops_training_and_keeps_previous(store, cfg, tmp_pa
         _run(store, cfg, tmp_path, pretrain_epochs=0)
     ck = load_checkpoint(tmp_path / "last.pt")  # the first epoch's checkpoint, intact
     assert ck["engine"]["epoch"] == 1
+
+
+def test_stage_extra_sets_lr_batch_size_and_pred(store, cfg, tmp_path):
+    """MGCL-style stage 1: its own lr and batch size (Stage.extra), evaluated on its own output."""
+    class StageOpts(ToyModel):
+        def stages(self, cfg):
+            st = super().stages(cfg)
+            st[0].extra.update(lr=0.5, batch_size=32, pred="uni_pred", early_stop_patience=None)
+            return st
+
+    seen = []
+
+    def hook(tr, event, info):
+        if event == "step":
+            seen.append((info["stage"], tr.train_loader.sampler.batch_size,
+                         tr.updates[0].optimizer.param_groups[0]["lr"]))
+
+    seed_everything(0)
+    Trainer(StageOpts({"audio": 5, "vision": 20}), {**cfg, "epochs": 1}, store, tmp_path, hooks=[hook]).fit()
+    assert seen[:2] == [(0, 32, 0.5), (0, 32, 0.5)] and seen[2:] == [(1, 16, 0.01)] * 4
