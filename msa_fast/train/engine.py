@@ -571,9 +571,6 @@ class Trainer:
         self._fwd_cache[si] = call
         return call
 
-    def _eval_forward(self):
-        return None  # eval runs eager: no_grad forward is cheap next to training, avoids extra graphs
-
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def _engine_state(self):
         return {k: v for k, v in self.state.items()}
@@ -916,8 +913,6 @@ class Trainer:
         return self._finish(t0)
 
     def _finish(self, t0) -> dict:
-        from msa_fast import metrics
-
         st = self.state
         si = len(self.stages) - 1
         sel = [i for i, s in enumerate(self.stages) if s.select_on_valid]
@@ -944,5 +939,4 @@ class Trainer:
                 fh.write("id,pred\n")
                 for i, p in zip(ids, preds.tolist()):
                     fh.write(f"{i},{p:.9g}\n")
-        _ = metrics
         return record

@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from msa_fast.cli import main
 from msa_fast.train.runs import run_seeds
@@ -60,6 +59,12 @@ def test_cli_train_eval_predict(store, tmp_path, capsys):
     assert main(["predict", "--run", str(run), "--data", str(store), "--out", str(preds)]) == 0
     rows = list(csv.DictReader(open(preds)))
     assert len(rows) == 34 and set(rows[0]) == {"id", "label", "pred", "pred_seed1111", "pred_seed1112"}
+    # a store with other dims: a clear error before anything runs
+    from tests.train.toy_model import tiny_store
+
+    other = tiny_store(tmp_path / "mosei.h5", like="mosei", scale=0.002)
+    assert main(["eval", "--run", str(run), "--data", str(other)]) == 1
+    assert "key 'audio': feature dim is 74 in the store (mosei), but the model expects 5" in capsys.readouterr().err
     # a second train into the same directory is refused
     assert main(["train", "--model", TOY, "--data", str(store), "--out", str(run)]) == 1
 
