@@ -304,11 +304,11 @@ def test_export_round_trip(tmp_path, synthetic_mosei):
     m = build("mgcl", TINY, DataDims.from_arrays(synthetic_mosei["train"]))
     apply_stage(m, m.stages()[0])            # a unimodal stage in progress: predict() still runs MGCL
     b = ds[[0, 1, 2]]
-    ep = export_predictor(m, b, dynamic_batch=True)
+    ep = export_predictor(m, b)              # static shapes (the dynamic batch is covered in test_hycon)
     torch.export.save(ep, tmp_path / "mgcl.pt2")
     loaded = torch.export.load(tmp_path / "mgcl.pt2").module()
     with torch.no_grad():
-        for idx in ([0, 1, 2], [3, 4, 5, 6, 7]):
+        for idx in ([0, 1, 2], [3, 5, 7]):
             bb = ds[idx]
             want = m.predict(bb)
             assert torch.equal(loaded(*predictor_args(bb)), want)
