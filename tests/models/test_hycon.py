@@ -87,6 +87,30 @@ def test_forward_backward_shapes(B, L_t, L_a, L_v, D_a, D_v, d_t):
         assert m.text.encoder.embeddings.word_embeddings.weight.grad is not None
 
 
+# models.md §0.2 grid: every (D_a, D_v), audio/visual length, text length and B value appears at least once
+GRID = [((1, 1), (1, 375), 2, 1), ((5, 20), (7, 50), 39, 2), ((74, 35), (50, 7), 50, 3), ((33, 709), (375, 1), 2, 2)]
+
+
+@pytest.mark.parametrize("dims,lengths,L_t,B", GRID)
+def test_spec_shape_grid(dims, lengths, L_t, B):
+    m = make({"last_step": "valid"}, *dims)
+    b = make_batch(B, L_t, *lengths, *dims)
+    out = m(b)
+    m.loss_terms(b, out, None)["total"].backward()
+    assert out["pred"].shape == (B,) and torch.isfinite(out["pred"]).all()
+
+
+def test_packaged_text_encoder_default():
+    from msa_fast import text
+
+    if text.packaged_model_dir() is None:
+        pytest.skip(f"{text.PACKAGE_DIST} not installed")
+    m = build("hycon", {"d": 8, "mte_heads": 2, "mte_layers": 1}, {"d_a": 5, "d_v": 20}).eval()
+    assert m.text.width == text.text_hidden_size() and m.conv_l.in_channels == m.text.width
+    with torch.no_grad():
+        assert m(make_batch(2, 8, 4, 4, 5, 20))["pred"].shape == (2,)
+
+
 def test_same_weights_run_on_any_length():
     m = make().eval()
     with torch.no_grad():

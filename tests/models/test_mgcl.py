@@ -14,7 +14,7 @@ from msa_fast.models.hycon import apply_stage, export_predictor, predictor_args
 from msa_fast.models.mgcl import enhanced_micro, masked_mean, mgcl_loss_without_c3
 from msa_fast.ops import mgcl_contrastive_loss
 from msa_fast.ops.mgcl import mgcl_contrastive_loss_reference, mgcl_pair_sets, pair_weights
-from tests.models.test_hycon import TINY_BERT, make_batch
+from tests.models.test_hycon import GRID, TINY_BERT, make_batch
 
 pytest.importorskip("transformers")
 
@@ -59,6 +59,15 @@ def test_forward_backward_shapes(B, L_t, L_a, L_v, D_a, D_v, d_t, micro):
     terms["total"].backward()
     for name in ("audio_enc", "vision_enc", "pool_a", "proj_macro", "proj_micro", "cmgf", "predictor", "aux"):
         assert all(p.grad is not None for p in getattr(m, name).parameters()), name
+
+
+@pytest.mark.parametrize("dims,lengths,L_t,B", GRID)
+def test_spec_shape_grid(dims, lengths, L_t, B):
+    m = make({}, *dims)
+    b = make_batch(B, L_t, *lengths, *dims)
+    out = m(b)
+    m.loss_terms(b, out, None)["total"].backward()
+    assert out["pred"].shape == (B,) and torch.isfinite(out["pred"]).all()
 
 
 def test_enhanced_micro_sequence():
