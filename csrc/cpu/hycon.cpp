@@ -9,19 +9,23 @@
 // f = 'cos' s, 'cos01' (1 + s)/2, 'exp_tau' exp(s/τ). A dropped anchor has stats 0…5 = 0. The last
 // column is the unhalved SCL sum: the Python side multiplies it by ½.
 //
-// Forward: per block of BM rows one GEMM writes the BM × 3K slab of s, then each slab row is reduced
-// by one vectorised loop per view segment, split around the anchor's own sample (j = k).
-// Backward: the stats are sums of per-pair functions φ_r(s_rc), and s is symmetric (Y = X), so
-//   dU = (dS + dSᵀ) U,  dS_rc = Σ_q g_rq ∂stat_q[r]/∂s_rc.
-// The pair sets are symmetric too (same class / other class / same sample are symmetric relations,
-// as is "same view"), so G_rc = dS_rc + dS_cr needs only the row's own coefficients g_r and the
-// column's g_c, read from a transposed [7, 3K] copy. The slab is rebuilt, G written into it, and ONE
-// GEMM per slab gives the block's rows of dU (no second, transposed GEMM: every row of dU is owned by
-// one block, so no atomics and no reduction across blocks). Then back through n(·).
-// Blocks run in parallel, each thread with its own slab and single-threaded GEMMs, so a slab is made
-// and consumed on the same core. The block partition depends only on N and the thread count (small
-// N is split so that every thread gets a block), and each row's sums run in a fixed order, so results
-// are deterministic for a given thread count.
+// s is symmetric (Y = X) and so are the pair relations (same/other class, same sample, same view), so
+// only the upper triangle is computed: block b holds rows [i0, i1) and its slab s[i0:i1, i0:N) (one
+// GEMM, half the flops of the full slab on average). The 3K × 3K matrix never exists.
+// Forward: each slab row is reduced by one vectorised loop per view segment, split around the
+// anchor's own sample (j = k) — the row side — and, for the columns c ≥ i1, the same masked terms are
+// accumulated elementwise into the column anchors' sums — the column side (seg_cols). An anchor's
+// stats = its row side + the column sides of the earlier blocks.
+// Backward: the stats are sums of per-pair functions φ_r(s_rc), so
+//   dU = G U,  G = dS + dSᵀ,  dS_rc = Σ_q g_rq ∂stat_q[r]/∂s_rc,
+// and G_rc needs only the row's coefficients g_r and the column's g_c (read from a transposed [7, 3K]
+// copy). The slab is rebuilt, G written into it, then dU[i0:i1] += G U[i0:N] and
+// dU[i1:N] += G[:, i1:N]ᵀ U[i0:i1] (G is symmetric): 1.5 full GEMMs in all instead of 3, then back
+// through n(·).
+// Blocks go round-robin to T = at::get_num_threads() work items, each with its own slab (single-
+// threaded GEMMs, so a slab is made and consumed on one core) and its own column sums / dU, summed in
+// a fixed order at the end. The partition depends only on N and T (small N is split so that every
+// thread gets a block), so results are deterministic for a given thread count; no atomics.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -33,7 +37,6 @@
 namespace msa_fast {
 namespace {
 
-using pairwise::fast_exp;
 
 constexpr const char* kOp = "msa_fast.ops.hycon_loss";
 constexpr int64_t kStats = 7;
@@ -59,11 +62,39 @@ Transform parse_transform(const std::string& t) {
   return kExpTau;
 }
 
+// pairwise::fast_exp, copied with always_inline: with several loops per clone GCC stops inlining it
+// and every exp becomes a scalar call. Same code, so the same values.
+MSA_HYCON_INLINE float exp_inl(float x) {
+  const float clamped = std::min(std::max(x, -87.33654f), 88.72283f);
+  // Round to nearest with the 1.5·2²³ trick (vectorises everywhere, unlike nearbyint's libm call).
+  const float k = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = clamped - k * 0.693359375f;
+  r = r - k * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t bits;
+  const int32_t e = static_cast<int32_t>(k) + 127;
+  bits = e << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  float result = p * scale;
+  result = x < -87.33654f ? 0.0f : result;
+  result = x > 88.72283f ? std::numeric_limits<float>::infinity() : result;
+  return x != x ? x : result;
+}
+
+MSA_HYCON_INLINE double exp_inl(double x) { return std::exp(x); }
+
 template <typename T, int F>
 MSA_HYCON_INLINE T transform(T v, T inv_tau) {
   if constexpr (F == kCos) return v;
   if constexpr (F == kCos01) return (T(1) + v) * T(0.5);
-  return fast_exp(v * inv_tau);
+  return exp_inl(v * inv_tau);
 }
 
 // f′(s): 1, ½, exp(s/τ)/τ.
@@ -71,7 +102,7 @@ template <typename T, int F>
 MSA_HYCON_INLINE T transform_grad(T v, T inv_tau) {
   if constexpr (F == kCos) return T(1);
   if constexpr (F == kCos01) return T(0.5);
-  return fast_exp(v * inv_tau) * inv_tau;
+  return exp_inl(v * inv_tau) * inv_tau;
 }
 
 // Forward, one view segment of a slab row over candidates j ∈ [begin, end) (the caller splits around
@@ -117,6 +148,27 @@ MSA_HYCON_INLINE void seg_grad(T* s, const int32_t* cls, int64_t begin, int64_t 
   }
 }
 
+// Forward, the transposed side of one view segment (triangular slabs): the slab row is candidate
+// (k, m) of class c ≥ 0 for the anchors of the columns j ∈ [begin, end), whose own sums (Ap, An, Aq)
+// = (Σ_pos f(s), Σ_neg f(s), Σ_pos (s − target)²) are accumulated elementwise. The pair relations are
+// symmetric, so the masks are those of seg_sums.
+template <typename T, int F>
+MSA_HYCON_INLINE void seg_cols(const T* s, const int32_t* cls, int64_t begin, int64_t end, int32_t c, T target,
+                               T inv_tau, T* Ap, T* An, T* Aq) {
+#pragma omp simd
+  for (int64_t j = begin; j < end; ++j) {
+    const T v = s[j];
+    const int32_t cj = cls[j];
+    const T fv = transform<T, F>(v, inv_tau);
+    const bool pos = cj == c;
+    const bool neg = (cj != c) & (cj >= 0);
+    const T d = v - target;
+    Ap[j] += pos ? fv : T(0);
+    An[j] += neg ? fv : T(0);
+    Aq[j] += pos ? d * d : T(0);
+  }
+}
+
 // Vectorised float instantiations (one clone per instruction set); double runs the plain templates.
 #define MSA_HYCON_FLOAT_LOOPS(F, NAME)                                                                           \
   MSA_VECTOR_CLONES void seg_sums_##NAME(const float* s, const int32_t* cls, int64_t b, int64_t e, int32_t c,    \
@@ -127,6 +179,10 @@ MSA_HYCON_INLINE void seg_grad(T* s, const int32_t* cls, int64_t begin, int64_t 
                                          float it, float ap, float an, float aq, const float* Ap,                \
                                          const float* An, const float* Aq) {                                     \
     seg_grad<float, F>(s, cls, b, e, c, t, it, ap, an, aq, Ap, An, Aq);                                          \
+  }                                                                                                              \
+  MSA_VECTOR_CLONES void seg_cols_##NAME(const float* s, const int32_t* cls, int64_t b, int64_t e, int32_t c,    \
+                                         float t, float it, float* Ap, float* An, float* Aq) {                   \
+    seg_cols<float, F>(s, cls, b, e, c, t, it, Ap, An, Aq);                                                      \
   }
 MSA_HYCON_FLOAT_LOOPS(kCos, cos)
 MSA_HYCON_FLOAT_LOOPS(kCos01, cos01)
@@ -140,6 +196,14 @@ struct Loops {
       case kCos: return seg_sums<T, kCos>(s, cls, b, e, c, t, it, acc);
       case kCos01: return seg_sums<T, kCos01>(s, cls, b, e, c, t, it, acc);
       default: return seg_sums<T, kExpTau>(s, cls, b, e, c, t, it, acc);
+    }
+  }
+  static void cols(int f, const T* s, const int32_t* cls, int64_t b, int64_t e, int32_t c, T t, T it, T* Ap, T* An,
+                   T* Aq) {
+    switch (f) {
+      case kCos: return seg_cols<T, kCos>(s, cls, b, e, c, t, it, Ap, An, Aq);
+      case kCos01: return seg_cols<T, kCos01>(s, cls, b, e, c, t, it, Ap, An, Aq);
+      default: return seg_cols<T, kExpTau>(s, cls, b, e, c, t, it, Ap, An, Aq);
     }
   }
   static void grad(int f, T* s, const int32_t* cls, int64_t b, int64_t e, int32_t c, T t, T it, T ap, T an, T aq,
@@ -159,6 +223,14 @@ struct Loops<float> {
       case kCos: return seg_sums_cos(s, cls, b, e, c, t, it, acc);
       case kCos01: return seg_sums_cos01(s, cls, b, e, c, t, it, acc);
       default: return seg_sums_exp_tau(s, cls, b, e, c, t, it, acc);
+    }
+  }
+  static void cols(int f, const float* s, const int32_t* cls, int64_t b, int64_t e, int32_t c, float t, float it,
+                   float* Ap, float* An, float* Aq) {
+    switch (f) {
+      case kCos: return seg_cols_cos(s, cls, b, e, c, t, it, Ap, An, Aq);
+      case kCos01: return seg_cols_cos01(s, cls, b, e, c, t, it, Ap, An, Aq);
+      default: return seg_cols_exp_tau(s, cls, b, e, c, t, it, Ap, An, Aq);
     }
   }
   static void grad(int f, float* s, const int32_t* cls, int64_t b, int64_t e, int32_t c, float t, float it, float ap,
@@ -216,6 +288,30 @@ int64_t slab_rows(int64_t n, int64_t elem_bytes) {
   return std::max<int64_t>(1, std::min({n, by_bytes, (share + 15) / 16 * 16}));
 }
 
+// Calls fn(b, e) on [begin, end) without the index `skip` (the anchor's own sample).
+template <typename Fn>
+inline void around(int64_t begin, int64_t end, int64_t skip, Fn&& fn) {
+  if (skip < begin || skip >= end) {
+    if (begin < end) fn(begin, end);
+    return;
+  }
+  if (begin < skip) fn(begin, skip);
+  if (skip + 1 < end) fn(skip + 1, end);
+}
+
+// Triangular blocking: block b holds rows [i0, i1) and its slab only the columns [i0, N) (the upper
+// triangle plus the diagonal block; s is symmetric). Blocks go round-robin to T work items (T = the
+// thread count), each with its own slab and accumulators, reduced in a fixed order afterwards.
+struct Blocking {
+  int64_t N, bm, blocks, items;
+};
+
+Blocking blocking(int64_t N, int64_t elem_bytes) {
+  const int64_t bm = slab_rows(N, elem_bytes);
+  const int64_t blocks = (N + bm - 1) / bm;
+  return {N, bm, blocks, std::min<int64_t>(blocks, std::max<int64_t>(1, at::get_num_threads()))};
+}
+
 at::Tensor hycon_rows_cpu(const at::Tensor& x, const at::Tensor& classes, double alpha, c10::string_view transform_sv,
                           double tau) {
   const Args a = check_inputs(x, classes, tau, std::string(transform_sv));
@@ -224,44 +320,70 @@ at::Tensor hycon_rows_cpu(const at::Tensor& x, const at::Tensor& classes, double
   const at::Tensor cls_t = dense_classes(classes);
   const int64_t K = a.K, N = 3 * K;
   at::Tensor stats = at::empty({N, kStats}, x.options().dtype(ct));
+  const Blocking bl = blocking(N, at::elementSize(ct));
+  // Sums of the anchors in the columns (pairs (c, r) with c ≥ i1 seen from the transposed side), per
+  // work item: [items, 7, N], statistic-major so that the column loops stream them.
+  at::Tensor col_acc = at::zeros({bl.items, kStats, N}, n.u.options());
   AT_DISPATCH_FLOATING_TYPES(ct, "msa_fast_hycon_rows_cpu", [&] {
     using T = scalar_t;
     const T inv_tau = T(1) / T(tau), al = T(alpha);
-    const int64_t bm = slab_rows(N, sizeof(T));
-    const int64_t blocks = (N + bm - 1) / bm;
-    const at::Tensor ut = n.u.t();
     const int32_t* cls = cls_t.data_ptr<int32_t>();
     T* out = stats.data_ptr<T>();
-    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-      at::Tensor slab = at::empty({bm, N}, n.u.options());
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t i0 = b * bm, rows = std::min(bm, N - i0);
-        at::Tensor s = slab.narrow(0, 0, rows);
-        at::mm_out(s, n.u.narrow(0, i0, rows), ut);  // raw cosines of this block against all 3K rows
-        const T* sp = s.data_ptr<T>();
-        for (int64_t r = 0; r < rows; ++r) {
-          const int64_t i = i0 + r, m = i / K, k = i % K;
-          const int32_t c = cls[k];
-          const T* row = sp + r * N;
-          T st[kStats] = {0, 0, 0, 0, 0, 0, 0};
-          for (int64_t mp = 0; mp < 3; ++mp) {
-            const T* seg = row + mp * K;
-            if (c >= 0) {
-              T* acc = mp == m ? st : st + 3;
+    at::parallel_for(0, bl.items, 1, [&](int64_t t0, int64_t t1) {
+      at::Tensor slab = at::empty({bl.bm * N}, n.u.options());
+      for (int64_t t = t0; t < t1; ++t) {
+        T* acc = col_acc[t].data_ptr<T>();
+        for (int64_t b = t; b < bl.blocks; b += bl.items) {
+          const int64_t i0 = b * bl.bm, rows = std::min(bl.bm, N - i0), i1 = i0 + rows, W = N - i0;
+          at::Tensor s = slab.narrow(0, 0, rows * W).view({rows, W});
+          at::mm_out(s, n.u.narrow(0, i0, rows), n.u.narrow(0, i0, W).t());  // s_rc, c ≥ i0
+          const T* sp = s.data_ptr<T>();
+          for (int64_t r = 0; r < rows; ++r) {
+            const int64_t i = i0 + r, m = i / K, k = i % K;
+            const int32_t c = cls[k];
+            const T* row = sp + r * W;  // row[g − i0] = s(i, g) for global column g ≥ i0
+            T st[kStats] = {0, 0, 0, 0, 0, 0, 0};
+            for (int64_t mp = 0; mp < 3; ++mp) {
+              const int64_t q = mp == m ? 0 : 3;
               const T target = mp == m ? T(1) : al;
-              Loops<T>::sums(a.f, seg, cls, 0, k, c, target, inv_tau, acc);
-              Loops<T>::sums(a.f, seg, cls, k + 1, K, c, target, inv_tau, acc);
+              // Row side: this anchor's own sums over the columns g = mp·K + j ≥ i0.
+              const int64_t jb = std::clamp<int64_t>(i0 - mp * K, 0, K);
+              if (jb < K) {
+                const T* seg = row + (mp * K + jb - i0);
+                if (c >= 0)
+                  around(0, K - jb, k - jb, [&](int64_t lo, int64_t hi) {
+                    Loops<T>::sums(a.f, seg, cls + jb, lo, hi, c, target, inv_tau, st + q);
+                  });
+                if (mp != m && k >= jb) {
+                  const T d = seg[k - jb] - al;
+                  st[6] += d * d;
+                }
+              }
+              // Column side: the anchors g = mp·K + j ≥ i1 (rows of later blocks, whose slabs start past
+              // this row) get this row as a candidate.
+              const int64_t jc = std::clamp<int64_t>(i1 - mp * K, 0, K);
+              if (jc < K) {
+                const T* seg = row + (mp * K + jc - i0);
+                const int64_t g0 = mp * K + jc;
+                if (c >= 0)
+                  around(0, K - jc, k - jc, [&](int64_t lo, int64_t hi) {
+                    Loops<T>::cols(a.f, seg, cls + jc, lo, hi, c, target, inv_tau, acc + q * N + g0,
+                                   acc + (q + 1) * N + g0, acc + (q + 2) * N + g0);
+                  });
+                if (mp != m && k >= jc) {
+                  const T d = seg[k - jc] - al;
+                  acc[6 * N + mp * K + k] += d * d;
+                }
+              }
             }
-            if (mp != m) {
-              const T d = seg[k] - al;
-              st[6] += d * d;
-            }
+            std::copy(st, st + kStats, out + i * kStats);
           }
-          std::copy(st, st + kStats, out + i * kStats);
         }
       }
     });
   });
+  // Each anchor's sums = its row side + the column sides of the blocks before its own (fixed order).
+  stats.add_(col_acc.sum(0).t());
   return stats;
 }
 
@@ -280,53 +402,60 @@ at::Tensor hycon_rows_backward_cpu(const at::Tensor& grad_stats, const at::Tenso
   // per statistic so the epilogue streams them).
   const at::Tensor g = grad_stats.to(ct).contiguous();
   const at::Tensor gt = g.t().contiguous();
-  at::Tensor du = at::empty_like(n.u);
+  const Blocking bl = blocking(N, at::elementSize(ct));
+  // dU per work item (the transposed GEMM of a block writes the rows of later blocks), summed after.
+  at::Tensor du_items = at::zeros({bl.items, N, n.u.size(1)}, n.u.options());
   AT_DISPATCH_FLOATING_TYPES(ct, "msa_fast_hycon_rows_backward_cpu", [&] {
     using T = scalar_t;
     const T inv_tau = T(1) / T(tau), al = T(alpha);
-    const int64_t bm = slab_rows(N, sizeof(T));
-    const int64_t blocks = (N + bm - 1) / bm;
-    const at::Tensor ut = n.u.t();
     const int32_t* cls = cls_t.data_ptr<int32_t>();
     const T* gp = g.data_ptr<T>();
     const T* gtp = gt.data_ptr<T>();
-    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-      at::Tensor slab = at::empty({bm, N}, n.u.options());
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t i0 = b * bm, rows = std::min(bm, N - i0);
-        at::Tensor s = slab.narrow(0, 0, rows);
-        at::mm_out(s, n.u.narrow(0, i0, rows), ut);
-        T* sp = s.data_ptr<T>();
-        for (int64_t r = 0; r < rows; ++r) {
-          const int64_t i = i0 + r, m = i / K, k = i % K;
-          const int32_t c = cls[k];
-          const T* ar = gp + i * kStats;
-          T* row = sp + r * N;
-          for (int64_t mp = 0; mp < 3; ++mp) {
-            T* seg = row + mp * K;
-            const int64_t q = mp == m ? 0 : 3;  // same view: stats 0–2, other views: 3–5
-            const T target = mp == m ? T(1) : al;
-            const T s_kk = seg[k];
-            if (c >= 0) {
-              const T* A = gtp + q * N + mp * K;
-              Loops<T>::grad(a.f, seg, cls, 0, k, c, target, inv_tau, ar[q], ar[q + 1], ar[q + 2], A, A + N,
-                             A + 2 * N);
-              Loops<T>::grad(a.f, seg, cls, k + 1, K, c, target, inv_tau, ar[q], ar[q + 1], ar[q + 2], A, A + N,
-                             A + 2 * N);
-            } else {
-              std::fill(seg, seg + K, T(0));  // a dropped sample is in no IAMCL/IEMCL pair, either side
+    at::parallel_for(0, bl.items, 1, [&](int64_t t0, int64_t t1) {
+      at::Tensor slab = at::empty({bl.bm * N}, n.u.options());
+      for (int64_t t = t0; t < t1; ++t) {
+        at::Tensor du = du_items[t];
+        for (int64_t b = t; b < bl.blocks; b += bl.items) {
+          const int64_t i0 = b * bl.bm, rows = std::min(bl.bm, N - i0), i1 = i0 + rows, W = N - i0;
+          at::Tensor s = slab.narrow(0, 0, rows * W).view({rows, W});
+          const at::Tensor u_blk = n.u.narrow(0, i0, rows), u_cols = n.u.narrow(0, i0, W);
+          at::mm_out(s, u_blk, u_cols.t());
+          T* sp = s.data_ptr<T>();
+          for (int64_t r = 0; r < rows; ++r) {
+            const int64_t i = i0 + r, m = i / K, k = i % K;
+            const int32_t c = cls[k];
+            const T* ar = gp + i * kStats;
+            T* row = sp + r * W;
+            for (int64_t mp = 0; mp < 3; ++mp) {
+              const int64_t jb = std::clamp<int64_t>(i0 - mp * K, 0, K);
+              if (jb >= K) continue;
+              T* seg = row + (mp * K + jb - i0);
+              const int64_t q = mp == m ? 0 : 3;  // same view: stats 0–2, other views: 3–5
+              const T target = mp == m ? T(1) : al;
+              const bool own = k >= jb;  // column (k, mp) is in this slab row
+              const T s_kk = own ? seg[k - jb] : T(0);
+              if (c >= 0) {
+                const T* A = gtp + q * N + mp * K + jb;
+                around(0, K - jb, k - jb, [&](int64_t lo, int64_t hi) {
+                  Loops<T>::grad(a.f, seg, cls + jb, lo, hi, c, target, inv_tau, ar[q], ar[q + 1], ar[q + 2], A,
+                                 A + N, A + 2 * N);
+                });
+              } else {
+                std::fill(seg, seg + (K - jb), T(0));  // a dropped sample is in no IAMCL/IEMCL pair
+              }
+              // j = k: no pair in the same view; SCL's (s − α)² in the others, for row (k, m) and (k, m′).
+              if (own)
+                seg[k - jb] = mp == m ? T(0) : (ar[6] + gtp[6 * N + mp * K + k]) * (T(2) * (s_kk - al));
             }
-            // j = k: no pair in the same view; SCL's (s − α)² in the others, for row (k, m) and row (k, m′).
-            seg[k] = mp == m ? T(0) : (ar[6] + gtp[6 * N + mp * K + k]) * (T(2) * (s_kk - al));
           }
+          // G is symmetric: dU[i0:i1] += G[:, i0:N] U[i0:N] and dU[i1:N] += G[:, i1:N]ᵀ U[i0:i1].
+          du.narrow(0, i0, rows).addmm_(s, u_cols);
+          if (i1 < N) du.narrow(0, i1, N - i1).addmm_(s.narrow(1, rows, W - rows).t(), u_blk);
         }
-        // dU of this block's rows: G_slab · U (G symmetric in its pair roles, see the header).
-        at::Tensor du_blk = du.narrow(0, i0, rows);
-        at::mm_out(du_blk, s, n.u);
       }
     });
   });
-  return pairwise::normalize_backward(du, n).to(x.scalar_type());
+  return pairwise::normalize_backward(du_items.sum(0), n).to(x.scalar_type());
 }
 
 }  // namespace
