@@ -213,6 +213,12 @@ def _strip(batch):
     return dataclasses.replace(batch, id=[]) if dataclasses.is_dataclass(batch) else batch
 
 
+def _term_values(terms: dict) -> list[float]:
+    """The loss terms as floats with one host sync (a non-scalar term is logged as its mean)."""
+    ts = [torch.as_tensor(t).detach().float().mean() for t in terms.values()]
+    return torch.stack(ts).cpu().tolist() if ts else []
+
+
 def _amp_dtype(amp):
     if amp in (None, False, "none", "fp32", "off"):
         return None
@@ -708,7 +714,7 @@ class Trainer:
 
     def _check_finite(self, terms, si, batch_i):
         names = list(terms)
-        vals = torch.stack([terms[n].detach().float().reshape(()) for n in names]).cpu().tolist()
+        vals = _term_values(terms)
         bad = [(n, v) for n, v in zip(names, vals) if not math.isfinite(v)]
         if bad:
             stage = self.stages[si]
@@ -744,7 +750,7 @@ class Trainer:
                             raise KeyError(f"stage {stage.name!r}: loss_terms returned no {u.loss!r} term "
                                            f"(keys: {sorted(terms)})")
                     vals = self._check_finite(terms, si, bi) if self.cfg["nan_check"] else \
-                        {n: float(t.detach()) for n, t in terms.items()}
+                        dict(zip(terms, _term_values(terms)))
                     self._backward(terms, scale)
                     if callable(hook_batch):
                         hook_batch(b, out, stage, st["epoch"] + 1)

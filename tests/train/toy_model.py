@@ -30,6 +30,14 @@ class ToyModel(MSAModel):
         self.nan_grad = nan_grad
         self.step_sleep = 0.0
         self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+        # SUGRM-like state: a per-sample feature bank filled after each backward (on_batch_end) and
+        # auxiliary labels regenerated from it with momentum at each epoch end (on_epoch_end)
+        self.register_buffer("bank", torch.zeros(256))
+        self.register_buffer("y_seen", torch.zeros(256))
+        self.register_buffer("seen", torch.zeros(256, dtype=torch.bool))
+        self.register_buffer("aux_labels", torch.zeros(256))
+        self.register_buffer("has_label", torch.zeros(256, dtype=torch.bool))
+        self.grad_at_batch_end = []
         self.epoch_ends = []
 
     @staticmethod
@@ -48,7 +56,8 @@ class ToyModel(MSAModel):
     def loss_terms(self, batch, out, stage):
         y = batch.y
         reg = (out["pred"] - y).abs().mean()
-        aux = (out["uni_pred"] - y).abs().mean()
+        idx = batch.index % 256
+        aux = (out["uni_pred"] - torch.where(self.has_label[idx], self.aux_labels[idx], y)).abs().mean()
         pen = out["feat"].pow(2).mean()
         terms = {"reg": reg, "aux": aux, "pen": pen, "total": reg + 0.1 * aux + 0.01 * pen, "pretrain": aux}
         if self.nan_at_step is not None and self.training:
@@ -72,8 +81,20 @@ class ToyModel(MSAModel):
 
     def on_epoch_end(self, epoch, stage):
         self.epoch_ends.append((stage.name, epoch))
+        with torch.no_grad():
+            old = torch.where(self.has_label, self.aux_labels, self.y_seen)
+            mom = (epoch - 1) / (epoch + 1)
+            new = mom * old + (1 - mom) * (0.5 * self.y_seen + 0.5 * self.bank)
+            self.aux_labels.copy_(torch.where(self.seen, new, self.aux_labels))
+            self.has_label |= self.seen
 
     def on_batch_end(self, batch, out, stage, epoch):
+        self.grad_at_batch_end.append(any(p.grad is not None for p in self.parameters()))
+        with torch.no_grad():
+            idx = batch.index % 256
+            self.bank[idx] = out["uni_pred"].detach().float()
+            self.y_seen[idx] = batch.y.float()
+            self.seen[idx] = True
         if self.step_sleep:  # slow steps for the SIGINT test; the line tells the test training is under way
             import time
 
