@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from msa_fast.models.base import MSAModel, Stage
 from msa_fast.models.configs import DataDims, resolve_config
-from msa_fast.models.hycon import TextEncoder, check_dim, field, length_mask, lengths_of, param_names_under
+from msa_fast.models.hycon import TextEncoder, check_dim, field, length_mask, lengths_of
 
 __all__ = ["MGCL", "enhanced_micro", "masked_mean", "mgcl_loss_without_c3"]
 

@@ -285,6 +285,7 @@ def test_configs_per_dataset():
         assert (c["d"], c["alpha"], c["lr"], c["batch_size"], c["epochs"]) == (50, 0.8, 1e-5, 32, 50)
         assert (c["mte_heads"], c["mte_layers"], c["attn_dropout"], c["fusion"]) == (5, 3, 0.5, "add")
     m = build("hycon", {"hycon.fusion": "concat", **TINY}, {"audio": 5, "vision": 20})
+    assert isinstance(m, HyCon) and m.name == "hycon"
     assert m.cfg["fusion"] == "concat" and m.conv_a.in_channels == 5 and m.conv_v.in_channels == 20
 
 

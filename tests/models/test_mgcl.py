@@ -256,6 +256,7 @@ def test_schedule_options():
 
 
 def test_configs_per_dataset():
+    assert isinstance(make(), MGCL)
     mosi, mosei, sims = (default_config("mgcl", d) for d in ("mosi", "mosei", "sims"))
     assert (mosi["av_layers"], mosei["av_layers"], sims["av_layers"]) == (1, 3, 1)
     assert (mosi["label_scale"], mosei["label_scale"], sims["label_scale"]) == (3.0, 3.0, 1.0)
