@@ -27,7 +27,7 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-TINY = dict(text_model="random", text_random_config=TINY_BERT, av_dim=16, av_heads=2, av_ffn=32, d_p=16,
+TINY = dict(text_model="random", text_random_config=TINY_BERT, av_dim=24, av_heads=2, av_ffn=32, d_p=16,
             fusion_heads=4, predictor_hidden=[16, 8], aux_hidden=8, stage1_head_hidden=[12, 8], attn_pool_dim=8)
 
 
