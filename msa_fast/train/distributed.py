@@ -14,6 +14,11 @@
   communication on micro-steps). With per-sample-mean losses and equal shard sizes this is exactly
   the gradient of the single-process global batch. Contrastive losses that must see the global batch
   use :func:`gather_with_grad` inside the model.
+* Model state kept by hooks (``on_batch_end`` banks, e.g. SUGRM's feature bank) sees only the rank's
+  shard; a model that needs the global view gathers it itself (:func:`all_gather_object`,
+  :func:`gather_with_grad`). Evaluation runs on every rank over the whole split (identical results,
+  so early-stopping decisions agree without communication). A non-finite loss on one rank only is
+  not propagated to the others (they would wait in the next all-reduce).
 * Metrics, logs and checkpoints are written by rank 0 only (:attr:`DistContext.is_main`); each rank's
   RNG state is gathered into rank 0's checkpoint so a resumed run restores every rank.
 """

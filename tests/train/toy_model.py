@@ -14,7 +14,7 @@ class ToyModel(MSAModel):
 
     def __init__(self, dims: dict, hidden: int = 8, dropout: float = 0.1, vocab: int = 512,
                  pretrain_epochs: int = 1, nan_at_step: int | None = None, updates: bool = False,
-                 nan_grad: bool = False):
+                 nan_grad: bool = False, use_bank: bool = True):
         super().__init__()
         self.dims = {"audio": dims["audio"], "vision": dims["vision"]}
         self.vocab = vocab
@@ -28,6 +28,7 @@ class ToyModel(MSAModel):
         self.nan_at_step = nan_at_step
         self.updates = updates
         self.nan_grad = nan_grad
+        self.use_bank = use_bank
         self.step_sleep = 0.0
         self.register_buffer("calls", torch.zeros((), dtype=torch.long))
         # SUGRM-like state: a per-sample feature bank filled after each backward (on_batch_end) and
@@ -86,7 +87,8 @@ class ToyModel(MSAModel):
             mom = (epoch - 1) / (epoch + 1)
             new = mom * old + (1 - mom) * (0.5 * self.y_seen + 0.5 * self.bank)
             self.aux_labels.copy_(torch.where(self.seen, new, self.aux_labels))
-            self.has_label |= self.seen
+            if self.use_bank:
+                self.has_label |= self.seen
 
     def on_batch_end(self, batch, out, stage, epoch):
         self.grad_at_batch_end.append(any(p.grad is not None for p in self.parameters()))
