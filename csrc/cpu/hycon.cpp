@@ -46,13 +46,8 @@ constexpr int64_t kSlabBytesPerThread = int64_t(8) << 20;
 
 enum Transform : int { kCos = 0, kCos01 = 1, kExpTau = 2 };
 
-// The loop templates must be inlined into each target clone below, or the clones just call one
-// baseline (scalar) copy.
-#if defined(__GNUC__)
-#define MSA_HYCON_INLINE inline __attribute__((always_inline))
-#else
-#define MSA_HYCON_INLINE inline
-#endif
+// The loop templates are MSA_ALWAYS_INLINE (pairwise.h) so each target clone below gets its own
+// vectorised copy.
 
 Transform parse_transform(const std::string& t) {
   if (t == "cos") return kCos;
@@ -62,54 +57,27 @@ Transform parse_transform(const std::string& t) {
   return kExpTau;
 }
 
-// pairwise::fast_exp, copied with always_inline: with several loops per clone GCC stops inlining it
-// and every exp becomes a scalar call. Same code, so the same values.
-MSA_HYCON_INLINE float exp_inl(float x) {
-  const float clamped = std::min(std::max(x, -87.33654f), 88.72283f);
-  // Round to nearest with the 1.5·2²³ trick (vectorises everywhere, unlike nearbyint's libm call).
-  const float k = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = clamped - k * 0.693359375f;
-  r = r - k * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  int32_t bits;
-  const int32_t e = static_cast<int32_t>(k) + 127;
-  bits = e << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  float result = p * scale;
-  result = x < -87.33654f ? 0.0f : result;
-  result = x > 88.72283f ? std::numeric_limits<float>::infinity() : result;
-  return x != x ? x : result;
-}
-
-MSA_HYCON_INLINE double exp_inl(double x) { return std::exp(x); }
 
 template <typename T, int F>
-MSA_HYCON_INLINE T transform(T v, T inv_tau) {
+MSA_ALWAYS_INLINE T transform(T v, T inv_tau) {
   if constexpr (F == kCos) return v;
   if constexpr (F == kCos01) return (T(1) + v) * T(0.5);
-  return exp_inl(v * inv_tau);
+  return pairwise::fast_exp(v * inv_tau);
 }
 
 // f′(s): 1, ½, exp(s/τ)/τ.
 template <typename T, int F>
-MSA_HYCON_INLINE T transform_grad(T v, T inv_tau) {
+MSA_ALWAYS_INLINE T transform_grad(T v, T inv_tau) {
   if constexpr (F == kCos) return T(1);
   if constexpr (F == kCos01) return T(0.5);
-  return exp_inl(v * inv_tau) * inv_tau;
+  return pairwise::fast_exp(v * inv_tau) * inv_tau;
 }
 
 // Forward, one view segment of a slab row over candidates j ∈ [begin, end) (the caller splits around
 // j = k): Σ_pos f(s), Σ_neg f(s), Σ_pos (s − target)², for an anchor of class c ≥ 0. Selection (not
 // multiplication by a mask) so that a NaN only enters through the pairs of the anchor's own sets.
 template <typename T, int F>
-MSA_HYCON_INLINE void seg_sums(const T* s, const int32_t* cls, int64_t begin, int64_t end, int32_t c, T target,
+MSA_ALWAYS_INLINE void seg_sums(const T* s, const int32_t* cls, int64_t begin, int64_t end, int32_t c, T target,
                                T inv_tau, T* acc) {
   T sp = 0, sn = 0, sq = 0;
 #pragma omp simd reduction(+ : sp, sn, sq)
@@ -133,7 +101,7 @@ MSA_HYCON_INLINE void seg_sums(const T* s, const int32_t* cls, int64_t begin, in
 // c ≥ 0. (ap, an, aq) are the row's coefficients of (Σ_pos f, Σ_neg f, Σ_pos (s − target)²) and
 // (Ap, An, Aq) the columns' coefficients of the same three statistics.
 template <typename T, int F>
-MSA_HYCON_INLINE void seg_grad(T* s, const int32_t* cls, int64_t begin, int64_t end, int32_t c, T target,
+MSA_ALWAYS_INLINE void seg_grad(T* s, const int32_t* cls, int64_t begin, int64_t end, int32_t c, T target,
                                T inv_tau, T ap, T an, T aq, const T* Ap, const T* An, const T* Aq) {
 #pragma omp simd
   for (int64_t j = begin; j < end; ++j) {
@@ -153,7 +121,7 @@ MSA_HYCON_INLINE void seg_grad(T* s, const int32_t* cls, int64_t begin, int64_t 
 // = (Σ_pos f(s), Σ_neg f(s), Σ_pos (s − target)²) are accumulated elementwise. The pair relations are
 // symmetric, so the masks are those of seg_sums.
 template <typename T, int F>
-MSA_HYCON_INLINE void seg_cols(const T* s, const int32_t* cls, int64_t begin, int64_t end, int32_t c, T target,
+MSA_ALWAYS_INLINE void seg_cols(const T* s, const int32_t* cls, int64_t begin, int64_t end, int32_t c, T target,
                                T inv_tau, T* Ap, T* An, T* Aq) {
 #pragma omp simd
   for (int64_t j = begin; j < end; ++j) {

@@ -24,6 +24,14 @@
 #define MSA_VECTOR_CLONES
 #endif
 
+// Epilogue helpers must be inlined into each target clone: with several loops per clone GCC stops
+// inlining on its own, and an out-of-line call runs the default (scalar) build of the loop body.
+#if defined(__GNUC__)
+#define MSA_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define MSA_ALWAYS_INLINE inline
+#endif
+
 namespace msa_fast {
 namespace pairwise {
 
@@ -33,7 +41,7 @@ constexpr int64_t kSlabBytes = int64_t(4) << 20;
 // exp(x) for float, branch-free so loops over it vectorise: Cody–Waite reduction x = k·ln2 + r and
 // the Cephes degree-6 polynomial for e^r (max relative error ≈ 2 ulp); exact 0 below −87.3 and +inf
 // above 88.7; NaN propagates.
-inline float fast_exp(float x) {
+MSA_ALWAYS_INLINE float fast_exp(float x) {
   const float clamped = std::min(std::max(x, -87.33654f), 88.72283f);
   // Round to nearest with the 1.5·2²³ trick (vectorises everywhere, unlike nearbyint's libm call).
   const float k = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
@@ -57,7 +65,7 @@ inline float fast_exp(float x) {
   return x != x ? x : result;
 }
 
-inline double fast_exp(double x) { return std::exp(x); }
+MSA_ALWAYS_INLINE double fast_exp(double x) { return std::exp(x); }
 
 // Rows of a block such that the BM × M slab stays within kSlabBytes (at least 8 rows, at most rows).
 inline int64_t block_rows(int64_t rows, int64_t cols, int64_t elem_bytes) {
