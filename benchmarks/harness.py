@@ -841,7 +841,8 @@ def bench_main(argv: Sequence[str] | None, *, op: str, doc: str, shapes: dict[st
         rows += run_case(case, modes=modes, warmup=args.warmup, repeats=args.repeats, mem_repeats=args.mem_repeats,
                          device=device, info=info, memory=not args.no_memory, interleave=not args.no_interleave,
                          log=log)
-    title = (f"{op} on {info.machine}, {info.threads} threads, torch {info.torch_version}, commit {info.git_commit}; "
+    title = (f"{op} on {info.machine}, {info.threads} threads, torch {info.torch_version}, commit {info.git_commit}, "
+             f"run {info.timestamp}; "
              f"p50 [p20, p80] of {args.repeats} timed calls after {args.warmup} warm-up calls"
              f"{', providers interleaved' if not args.no_interleave else ''}")
     return report(rows, args, title=title, target=target)
