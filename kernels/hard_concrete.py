@@ -13,7 +13,6 @@ own fp32 → bf16 cast truncates.
 
 from __future__ import annotations
 
-import struct
 from typing import Optional
 
 import torch
@@ -21,6 +20,7 @@ import triton
 import triton.language as tl
 
 from ._autotune import autotune
+from ._io import bits as _bits, div as _div, io as _io, load as _load, param as _param, store as _store
 from .philox import uniform_from_bits
 
 __all__ = ["hard_concrete_forward", "hard_concrete_backward", "hard_concrete_l0_forward",
@@ -37,41 +37,6 @@ _PARAMS = ["beta_bits", "gamma_bits", "zeta_bits", "thr_bits", "eps_bits"]
 
 # ----------------------------------------------------------------------------------------------
 # Device helpers.
-
-
-@triton.jit
-def _param(bits, CT: tl.constexpr):
-    """A Python double passed as its int64 bit pattern, rounded to the compute type."""
-    return bits.to(tl.int64).to(tl.float64, bitcast=True).to(CT)
-
-
-@triton.jit
-def _load(ptr, offs, mask, CT: tl.constexpr, BF16: tl.constexpr):
-    if BF16:  # int16 bit patterns of bf16: widen exactly to fp32
-        raw = tl.load(ptr + offs, mask=mask, other=0)
-        return (raw.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True).to(CT)
-    else:
-        return tl.load(ptr + offs, mask=mask, other=0).to(CT)
-
-
-@triton.jit
-def _store(ptr, offs, v, mask, BF16: tl.constexpr):
-    if BF16:  # round to nearest even into int16 bit patterns, NaN → 0x7FC0 (c10::BFloat16)
-        w = v.to(tl.float32).to(tl.uint32, bitcast=True)
-        rounded = (w + (((w >> 16) & 1) + 0x7FFF)) >> 16
-        h = tl.where(v != v, 0x7FC0, rounded)
-        tl.store(ptr + offs, h.to(tl.uint16).to(tl.int16, bitcast=True), mask=mask)
-    else:
-        tl.store(ptr + offs, v.to(ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _div(a, b, CT: tl.constexpr):
-    """IEEE division (round to nearest) in the compute type."""
-    if CT == tl.float32:
-        return tl.div_rn(a, b)
-    else:
-        return a / b
 
 
 @triton.jit
@@ -182,15 +147,6 @@ def _hard_concrete_l0_kernel(grad_ptr, la_ptr, out_ptr, N, beta_bits, gamma_bits
 
 # ----------------------------------------------------------------------------------------------
 # Launchers: torch ops and wrap_triton launches only (traceable by make_fx / FakeTensor).
-
-
-def _bits(v: float) -> int:
-    return struct.unpack("<q", struct.pack("<d", float(v)))[0]
-
-
-def _io(t: torch.Tensor) -> torch.Tensor:
-    """The tensor a kernel reads or writes: bf16 as its int16 bit patterns, anything else unchanged."""
-    return t.view(torch.int16) if t.dtype == torch.bfloat16 else t
 
 
 def _is_fp64(dtype: torch.dtype) -> bool:
