@@ -14,9 +14,13 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from msa_fast.bench import run
+    from msa_fast.bench import BenchmarksNotFound, run
 
-    return run(args.op, args.bench_args)
+    try:
+        return run(args.op, args.bench_args)
+    except BenchmarksNotFound as exc:  # an installed copy without the benchmarks folder, or an unknown OP
+        print(exc, file=sys.stderr)  # the message already starts with "msa-fast bench:"
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:

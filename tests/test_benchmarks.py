@@ -126,3 +126,10 @@ def test_plot_writes_png(tmp_path):
     path = harness.append_csv(rows, tmp_path / "r.csv")
     written = plot.plot(harness.read_csv(path), tmp_path / "plots")
     assert written and all(p.suffix == ".png" and p.stat().st_size > 0 for p in written)
+
+
+def test_cli_bench_unknown_op_is_a_one_line_error(capsys):
+    from msa_fast.cli import main
+
+    assert main(["bench", "no_such_op"]) == 1
+    assert "no_such_op" in capsys.readouterr().err
