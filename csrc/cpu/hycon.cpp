@@ -37,6 +37,8 @@
 namespace msa_fast {
 namespace {
 
+using pairwise::compute_type;
+
 
 constexpr const char* kOp = "msa_fast.ops.hycon_loss";
 constexpr int64_t kStats = 7;
@@ -235,8 +237,6 @@ Args check_inputs(const at::Tensor& x, const at::Tensor& classes, double tau, co
   TORCH_CHECK_VALUE(tau > 0, kOp, ": tau must be > 0, got ", tau);
   return {K, parse_transform(transform_name)};
 }
-
-at::ScalarType compute_type(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
 // Class ids as dense int32 ranks (equal ids ↔ equal ranks, ranks ≥ 0), −1 kept as "dropped": int32
 // lanes match the float lanes of the epilogue loops.

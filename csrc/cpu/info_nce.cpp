@@ -23,6 +23,10 @@
 namespace msa_fast {
 namespace {
 
+using pairwise::compute_type;
+using pairwise::same_tensor;
+using pairwise::normalize_rows;
+
 using pairwise::fast_exp;
 
 // max_j s_j (NaN entries are skipped here; they reach the result through the sum).
@@ -95,24 +99,6 @@ void check_inputs(const at::Tensor& q, const at::Tensor& k, double temperature) 
   TORCH_CHECK_VALUE(q.device() == k.device(), "msa_fast.ops.info_nce: q is on ", q.device(), " but k is on ",
                     k.device());
   TORCH_CHECK_VALUE(temperature > 0, "msa_fast.ops.info_nce: temperature must be > 0, got ", temperature);
-}
-
-// u = n(x) as x / max(‖x‖, eps) (a division, like the reference's F.normalize: a 1-D row becomes exactly
-// ±1, so the tangential gradient of D = 1 is exactly 0), zero rows → 0; norms kept for backward.
-pairwise::Normalized normalize_rows(const at::Tensor& x, at::ScalarType compute, bool normalize) {
-  at::Tensor xc = x.to(compute).contiguous();
-  if (!normalize) return {xc, at::Tensor()};
-  at::Tensor norm = at::linalg_vector_norm(xc, 2, {1}, /*keepdim=*/true);
-  const at::Tensor nonzero = norm != 0, safe = norm.clamp_min(pairwise::kNormEps);
-  return {xc / safe * nonzero, (safe.reciprocal() * nonzero).squeeze(1)};
-}
-
-at::ScalarType compute_type(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
-
-// q and k are one tensor (k is q): normalise once.
-bool same_tensor(const at::Tensor& a, const at::Tensor& b) {
-  return a.is_same(b) || (a.data_ptr() == b.data_ptr() && a.sizes() == b.sizes() && a.strides() == b.strides() &&
-                          a.scalar_type() == b.scalar_type());
 }
 
 struct Prepared {

@@ -41,6 +41,8 @@
 namespace msa_fast {
 namespace {
 
+using pairwise::compute_type;
+
 using pairwise::fast_exp;
 
 // Force-inlined into the target_clones wrappers, so each clone compiles the loop for its own ISA
@@ -371,8 +373,6 @@ void check_inputs(const at::Tensor& macro, const at::Tensor& micro, const at::Te
   TORCH_CHECK_VALUE(label_scale > 0, kOp, ": label_scale must be > 0, got ", label_scale);
   TORCH_CHECK_VALUE(!std::isnan(delta) && !std::isnan(gain), kOp, ": delta and gain must not be NaN");
 }
-
-at::ScalarType compute_type(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
 struct Setup {
   int64_t B, bs;

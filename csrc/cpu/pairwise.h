@@ -79,12 +79,25 @@ struct Normalized {
   at::Tensor inv_norm;  // [N] 1 / max(‖x‖, eps), 0 for zero rows (their gradient is 0, ops.md §1)
 };
 
+// Division (like F.normalize in the references), not a multiply by the reciprocal: a 1-D row becomes
+// exactly ±1, so its tangential gradient is exactly 0.
 inline Normalized normalize_rows(const at::Tensor& x, at::ScalarType compute, bool normalize) {
   at::Tensor xc = x.to(compute).contiguous();
   if (!normalize) return {xc, at::Tensor()};
   at::Tensor norm = at::linalg_vector_norm(xc, 2, {1}, /*keepdim=*/true);
-  at::Tensor inv = norm.clamp_min(kNormEps).reciprocal() * (norm != 0);
-  return {xc * inv, inv.squeeze(1)};
+  const at::Tensor nonzero = norm != 0, safe = norm.clamp_min(kNormEps);
+  return {xc / safe * nonzero, (safe.reciprocal() * nonzero).squeeze(1)};
+}
+
+// Loss statistics accumulate in fp32 for fp32/fp16/bf16 inputs and in fp64 for fp64 (ops.md §0.2).
+inline at::ScalarType compute_type(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// Two arguments that are one tensor (k is q, g is p): normalise and reduce once.
+inline bool same_tensor(const at::Tensor& a, const at::Tensor& b) {
+  return a.is_same(b) || (a.data_ptr() == b.data_ptr() && a.sizes() == b.sizes() && a.strides() == b.strides() &&
+                          a.scalar_type() == b.scalar_type());
 }
 
 // dx = (du − u (u·du)) / max(‖x‖, eps): back through n(·) (ops.md §1), zero-norm rows get 0.

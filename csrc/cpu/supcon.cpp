@@ -16,6 +16,8 @@
 namespace msa_fast {
 namespace {
 
+using pairwise::compute_type;
+
 using pairwise::fast_exp;
 
 template <typename T>
@@ -136,10 +138,6 @@ void check_inputs(const at::Tensor& z, const at::Tensor& labels, double temperat
 // so the epilogue loops vectorise fully.
 at::Tensor dense_label_ids(const at::Tensor& labels) {
   return std::get<1>(at::_unique(labels, /*sorted=*/false, /*return_inverse=*/true)).to(at::kInt).contiguous();
-}
-
-at::ScalarType compute_type(const at::Tensor& z) {
-  return z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> supcon_rows_cpu(const at::Tensor& z, const at::Tensor& labels_in,

@@ -20,6 +20,10 @@
 namespace msa_fast {
 namespace {
 
+using pairwise::compute_type;
+using pairwise::same_tensor;
+using pairwise::normalize_rows;
+
 using pairwise::fast_exp;
 
 // s_j ← v_j = −κ max(a + c_j − 2 s_j, 0); a NaN stays NaN (the clamp's test is false for NaN).
@@ -112,23 +116,6 @@ void check_inputs(const at::Tensor& p, const at::Tensor& g, double kappa) {
   TORCH_CHECK_VALUE(p.size(0) >= 2, "msa_fast.ops.uniform_loss: needs n >= 2 rows (the mean runs over pairs i != j), "
                     "got p of shape ", p.sizes());
   TORCH_CHECK_VALUE(kappa >= 0, "msa_fast.ops.uniform_loss: kappa must be >= 0, got ", kappa);
-}
-
-// u = n(x) as x / max(‖x‖, eps) (a division, like the reference's F.normalize: a 1-D row becomes exactly
-// ±1, so the tangential gradient of D = 1 is exactly 0), zero rows → 0; norms kept for backward.
-pairwise::Normalized normalize_rows(const at::Tensor& x, at::ScalarType compute, bool normalize) {
-  at::Tensor xc = x.to(compute).contiguous();
-  if (!normalize) return {xc, at::Tensor()};
-  at::Tensor norm = at::linalg_vector_norm(xc, 2, {1}, /*keepdim=*/true);
-  const at::Tensor nonzero = norm != 0, safe = norm.clamp_min(pairwise::kNormEps);
-  return {xc / safe * nonzero, (safe.reciprocal() * nonzero).squeeze(1)};
-}
-
-at::ScalarType compute_type(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
-
-bool same_tensor(const at::Tensor& a, const at::Tensor& b) {
-  return a.is_same(b) || (a.data_ptr() == b.data_ptr() && a.sizes() == b.sizes() && a.strides() == b.strides() &&
-                          a.scalar_type() == b.scalar_type());
 }
 
 struct Prepared {
