@@ -186,7 +186,8 @@ if importlib.util.find_spec("msa_fast.kernels.uniform") is not None:
 # Public ops.
 
 
-def align_loss(p, g, power=2, *, normalize=False, reduction="mean", check_finite=False, backend="auto"):
+def align_loss(p, g, power=2, *, normalize=False, reduction="mean", check_finite=False, backend="auto",
+               global_batch=False):
     """``mean_i ‖p_i − g_i‖₂^power`` (MMCL alignment, Wang & Isola 2020): ops.md §6.
 
     Args:
@@ -198,9 +199,15 @@ def align_loss(p, g, power=2, *, normalize=False, reduction="mean", check_finite
             row i makes term i NaN.
         backend: validated like every op's; all backends run the same row-wise torch ops (O(n·D), no
             pairwise work to fuse).
+        global_batch: compute the loss over the batch gathered from all ranks of torch.distributed
+            (gradients flow back to this rank's rows; multiply by ``ddp_loss_scale()`` under DDP); a
+            no-op when torch.distributed is not initialised. See :mod:`msa_fast.ops.distributed`.
 
     Returns fp32 (fp64 for fp64 input). The gradient at ``p_i = g_i`` is 0 for every power.
     """
+    if global_batch:
+        from msa_fast.ops.distributed import gather_rows
+        p, g = gather_rows(p, g)
     C.check_features(ALIGN, p=p, g=g)
     _dispatch.resolve(ALIGN, backend, p, native_op="uniform_rows")
     return align_loss_reference(p, g, power, normalize=normalize, reduction=reduction, check_finite=check_finite)
@@ -214,7 +221,8 @@ def _mean_exp_log(lse_rows: torch.Tensor, n: int) -> torch.Tensor:
     return torch.logsumexp(centred, dim=0) - torch.logsumexp(torch.zeros_like(centred), dim=0)
 
 
-def uniform_loss(p, g, kappa=2.0, *, mode="cross", normalize=False, check_finite=False, backend="auto"):
+def uniform_loss(p, g, kappa=2.0, *, mode="cross", normalize=False, check_finite=False, backend="auto",
+                 global_batch=False):
     """MMCL uniformity (after Wang & Isola 2020), fused: ops.md §6.
 
     * ``'cross'`` (default): ``log((1/(n(n−1))) Σ_{i≠j} exp(−κ‖p_i − g_j‖²))``.
@@ -229,6 +237,9 @@ def uniform_loss(p, g, kappa=2.0, *, mode="cross", normalize=False, check_finite
         check_finite: raise ValueError on NaN/Inf (also ``MSA_FAST_CHECK_FINITE=1``); otherwise a NaN
             anywhere makes the result NaN.
         backend: ``'auto'``, ``'reference'``, ``'cpp'``, ``'triton'`` or ``'cuda'``.
+        global_batch: compute the loss over the batch gathered from all ranks of torch.distributed
+            (gradients flow back to this rank's rows; multiply by ``ddp_loss_scale()`` under DDP); a
+            no-op when torch.distributed is not initialised. See :mod:`msa_fast.ops.distributed`.
 
     Returns an fp32 scalar (fp64 for fp64 input), ≤ 0. The fused path expands
     ``d² = ‖p̂‖² + ‖ĝ‖² − 2p̂·ĝ`` (clamped at 0) on slabs of a GEMM: memory O(n·D), no n × n matrix;
@@ -239,6 +250,9 @@ def uniform_loss(p, g, kappa=2.0, *, mode="cross", normalize=False, check_finite
         raise ValueError(f"msa_fast.ops.{UNIFORM}: kappa must be a float >= 0, got {kappa!r}")
     if mode not in MODES:
         raise ValueError(f"msa_fast.ops.{UNIFORM}: mode must be one of {MODES}, got {mode!r}")
+    if global_batch:
+        from msa_fast.ops.distributed import gather_rows
+        p, g = gather_rows(p, g)
     C.check_features(UNIFORM, p=p, g=g)
     C.check_same_shape(UNIFORM, p=p, g=g)
     n = p.shape[0]

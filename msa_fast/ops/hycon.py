@@ -311,7 +311,7 @@ def _compose(stats, keep, n_k, features, alpha, use_log, den_eps, den_guard, red
 
 def hycon_loss(x_l, x_a, x_v, y, alpha=0.8, *, use_log=False, sim_transform="cos", tau=0.1, den_eps=1e-6,
                den_guard="skip", reduction="mean", drop_zero=False, return_stats=False, check_finite=False,
-               backend="auto"):
+               backend="auto", global_batch=False):
     """HyCon's IAMCL, IEMCL and SCL (ops.md §4), fused: per-row pair sums from one kernel, composed here.
 
     Same arguments, values and gradients as :func:`hycon_loss_reference` (see there), plus ``backend``
@@ -323,7 +323,13 @@ def hycon_loss(x_l, x_a, x_v, y, alpha=0.8, *, use_log=False, sim_transform="cos
     No host sync on the fused path (the counts stay tensors; reading them syncs). Memory O(K·d): the
     3K × 3K similarities are computed slab by slab and recomputed in backward, never stored.
     NaN in a feature row propagates as in the reference; ``check_finite=True`` raises instead (one sync).
+    ``global_batch=True``: the loss over the K rows gathered from all ranks of torch.distributed
+    (gradients flow back to this rank's rows; multiply by ``ddp_loss_scale()`` under DDP); a no-op when
+    torch.distributed is not initialised. See :mod:`msa_fast.ops.distributed`.
     """
+    if global_batch:
+        from msa_fast.ops.distributed import gather_rows
+        x_l, x_a, x_v, y = gather_rows(x_l, x_a, x_v, y)
     _check(x_l, x_a, x_v, y, alpha, use_log, sim_transform, tau, den_eps, den_guard, reduction, check_finite)
     chosen = _dispatch.resolve(OP, backend, x_l, native_op="hycon_rows", triton_op="hycon_rows_triton")
     if chosen == "reference":

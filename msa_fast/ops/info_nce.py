@@ -145,7 +145,7 @@ if importlib.util.find_spec("msa_fast.kernels.info_nce") is not None:
 
 
 def info_nce(q, k, temperature=0.1, negatives="queries", *, normalize=True, reduction="mean", check_finite=False,
-             backend="auto"):
+             backend="auto", global_batch=False):
     """InfoNCE with the positive on the diagonal (MMCL UMCC / ICL), fused: ops.md §3.
 
     Args:
@@ -161,10 +161,16 @@ def info_nce(q, k, temperature=0.1, negatives="queries", *, normalize=True, redu
             otherwise NaN in row j of q makes every ``'queries'`` term NaN, NaN in row i of k makes
             term i NaN (and every ``'keys'`` term).
         backend: ``'auto'``, ``'reference'``, ``'cpp'``, ``'triton'`` or ``'cuda'``.
+        global_batch: compute the loss over the batch gathered from all ranks of torch.distributed
+            (gradients flow back to this rank's rows; multiply by ``ddp_loss_scale()`` under DDP); a
+            no-op when torch.distributed is not initialised. See :mod:`msa_fast.ops.distributed`.
 
     Returns an fp32 scalar (``[N]`` for ``'none'``). Memory O(N·D): the N × N logits are computed slab
     by slab and recomputed in backward, never stored. N = 1 gives exactly 0 with a zero gradient.
     """
+    if global_batch:
+        from msa_fast.ops.distributed import gather_rows
+        q, k = gather_rows(q, k)                             # k is q stays k is q
     _check(q, k, temperature, negatives, reduction, check_finite)
     chosen = _dispatch.resolve(OP, backend, q, native_op="info_nce_rows", triton_op="info_nce_rows_triton")
     if chosen == "reference":

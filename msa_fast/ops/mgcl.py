@@ -310,7 +310,7 @@ def _has_negatives(y: torch.Tensor, label_scale: float, delta: float) -> torch.T
 
 def mgcl_contrastive_loss(macro, micro, y, delta=0.4, tau=0.03, label_scale=3.0, pos_weight="mgcl", *,
                           neg_weight="mgcl", gain=1.5, reduction="mean", same_sample_c2="literal3", normalize=True,
-                          check_finite=False, backend="auto"):
+                          check_finite=False, backend="auto", global_batch=False):
     """MGCL's collaborative contrastive loss, fused: ops.md §5 (pair sets C1/C2/C3, weights inside the exp).
 
     Args:
@@ -328,12 +328,19 @@ def mgcl_contrastive_loss(macro, micro, y, delta=0.4, tau=0.03, label_scale=3.0,
         check_finite: raise ValueError on NaN/Inf in the features or labels (also
             ``MSA_FAST_CHECK_FINITE=1``); otherwise NaN propagates as in the reference.
         backend: ``'auto'``, ``'reference'``, ``'cpp'``, ``'triton'`` or ``'cuda'``.
+        global_batch: compute the loss over the B samples gathered from all ranks of torch.distributed
+            (gradients flow back to this rank's rows; multiply by ``ddp_loss_scale()`` under DDP); a
+            no-op when torch.distributed is not initialised. See :mod:`msa_fast.ops.distributed`.
 
     Returns an fp32 scalar (``[B]`` for ``'none'``; fp64 for fp64 input). Memory O(B·d): the kernel
     computes per macro row ``LSE_pos`` and ``LSE_all`` slab by slab (recomputed in backward); the three
     rows of a sample are merged here with logsumexp and ``ℓ_i = LSE_all − LSE_pos`` (0 without
     negatives), all as tensor ops, without a host sync.
     """
+    if global_batch and len(macro) == len(micro) == 3:   # malformed tuples are left to _check
+        from msa_fast.ops.distributed import gather_rows
+        *feats, y = gather_rows(*macro, *micro, y)
+        macro, micro = tuple(feats[:3]), tuple(feats[3:])
     _check(macro, micro, y, delta, tau, label_scale, pos_weight, neg_weight, gain, reduction, same_sample_c2,
            check_finite)
     chosen = _dispatch.resolve(OP, backend, macro[0], native_op="mgcl_rows", triton_op="mgcl_rows_triton")

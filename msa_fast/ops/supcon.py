@@ -210,7 +210,7 @@ def _reduce(loss_rows: torch.Tensor, n_pos: torch.Tensor, z: torch.Tensor, reduc
 
 
 def supcon_loss(z, labels, temperature=0.07, *, variant="out", reduction="pml", normalize=True, check_finite=False,
-                backend="auto"):
+                backend="auto", global_batch=False):
     """Supervised contrastive loss (PML semantics; MMCL Eq. 8 with ``variant='in'``), fused: ops.md §2.
 
     Args:
@@ -224,10 +224,16 @@ def supcon_loss(z, labels, temperature=0.07, *, variant="out", reduction="pml", 
         check_finite: raise ValueError on NaN/Inf in z (also ``MSA_FAST_CHECK_FINITE=1``); otherwise a
             NaN row makes the loss NaN.
         backend: ``'auto'``, ``'reference'``, ``'cpp'``, ``'triton'`` or ``'cuda'``.
+        global_batch: compute the loss over the batch gathered from all ranks of torch.distributed
+            (gradients flow back to this rank's rows; multiply by ``ddp_loss_scale()`` under DDP); a
+            no-op when torch.distributed is not initialised. See :mod:`msa_fast.ops.distributed`.
 
     Returns an fp32 scalar (``[N]`` for ``'none'``). Memory: O(N·D) — the N × N similarities are
     computed slab by slab and recomputed in backward, never stored.
     """
+    if global_batch:
+        from msa_fast.ops.distributed import gather_rows
+        z, labels = gather_rows(z, labels)
     _check(z, labels, temperature, variant, reduction, check_finite)
     chosen = _dispatch.resolve(OP, backend, z, native_op="supcon_rows", triton_op="supcon_rows_triton")
     if chosen == "reference":
