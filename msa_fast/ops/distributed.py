@@ -48,6 +48,8 @@ baked into the graph, so a new combination of batch sizes recompiles (keep batch
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 
@@ -58,8 +60,6 @@ _MAX_DIMS = 8
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
            torch.int8, torch.uint8, torch.bool)
 _DTYPE_CODE = {dt: i for i, dt in enumerate(_DTYPES)}
-# bit-exact transport dtypes every backend (gloo, NCCL) can all_gather
-_TRANSPORT = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.bool: torch.uint8}
 
 
 def _group_or_world(group):
@@ -106,16 +106,20 @@ def _resolve_group(group_name: str):
 def _all_gather_rows(x: torch.Tensor, sizes: list[int], rank: int, group_name: str) -> torch.Tensor:
     """``cat([x of rank r for r in range(W)])`` along dim 0, rank ``r`` holding ``sizes[r]`` rows."""
     group = _resolve_group(group_name)
-    n_max = max(sizes)
-    wire = x.contiguous()
-    if wire.dtype in _TRANSPORT:
-        wire = wire.view(_TRANSPORT[wire.dtype])
+    n_max, total = max(sizes), sum(sizes)
+    row_shape = tuple(x.shape[1:])
+    row_numel = math.prod(row_shape)
+    if n_max == 0 or row_numel == 0:                                 # nothing to send on any rank
+        return x.new_zeros((total,) + row_shape)
+    # Rows travel as raw bytes ([n, bytes per row] uint8): bit-exact for every dtype, and uint8 is
+    # the one type every backend gathers (gloo has no int16/bool, NCCL no bool).
+    wire = x.contiguous().reshape(x.shape[0], row_numel).view(torch.uint8)
     if wire.shape[0] < n_max:
-        wire = torch.cat([wire, wire.new_zeros((n_max - wire.shape[0],) + tuple(wire.shape[1:]))])
+        wire = torch.cat([wire, wire.new_zeros((n_max - wire.shape[0], wire.shape[1]))])
     parts = [torch.empty_like(wire) for _ in sizes]
     dist.all_gather(parts, wire, group=group)
     out = torch.cat([p[:n] for p, n in zip(parts, sizes)])
-    return out.view(x.dtype) if out.dtype != x.dtype else out
+    return out.view(x.dtype).reshape((total,) + row_shape)
 
 
 @_all_gather_rows.register_fake
