@@ -4,9 +4,9 @@ One spawn runs every check, each rank holding a slice of one batch (even 6 + 6, 
 12 + 0 splits). For each of the six contrastive ops: the global-batch loss equals the single-process
 loss of the full batch, and each rank's input gradients equal its slice of the single-process
 full-batch gradients. Then: a DDP-wrapped linear model with ``loss × ddp_loss_scale()`` gets the
-single-process parameter gradients; bool/bf16 transport; a shape mismatch raises on every rank; the
-gather compiles (with a graph break at the shape exchange). Failures inside a rank are re-raised by
-``mp.spawn`` with the rank's traceback.
+single-process parameter gradients; bool/bf16 transport and opcheck of the gather op; a shape
+mismatch raises on every rank; the gather compiles (with a graph break at the shape exchange).
+Failures inside a rank are re-raised by ``mp.spawn`` with the rank's traceback.
 """
 
 from __future__ import annotations
@@ -128,6 +128,10 @@ def _check_gather(rank: int) -> None:
     b, h, h16, h16_again = D.gather_rows(full_b[sl], full_h[sl], lh, lh)
     assert torch.equal(b, full_b) and torch.equal(h, full_h) and torch.equal(h16, full_h.half())
     assert h16 is h16_again
+    # the gather op's schema, fake tensor and autograd registrations (every rank runs the same checks,
+    # so the collectives inside stay in step)
+    x = torch.randn(cut[rank], 3, requires_grad=True)
+    torch.library.opcheck(torch.ops.msa_fast.all_gather_rows.default, (x, list(cut), rank, dist.group.WORLD.group_name))
     # a trailing-shape mismatch raises the same ValueError on every rank (no rank left hanging)
     with pytest.raises(ValueError, match="same dtype and trailing shape"):
         D.gather_rows(torch.zeros(2, 3 + rank))
