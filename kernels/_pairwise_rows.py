@@ -1,4 +1,5 @@
-"""Device helpers and launch plumbing shared by the per-row contrastive kernels (supcon, info_nce, uniform).
+"""Device helpers and launch plumbing shared by the per-row contrastive kernels (supcon, info_nce, uniform, hycon,
+mgcl).
 
 ops.md §1: tiles of ``BLOCK_M`` owned rows × ``BLOCK_N`` streamed rows, a loop over D in ``BLOCK_D`` chunks
 (any D, ragged edges masked), fp32 accumulation (fp64 for fp64 inputs), int64 offsets, and ``tl.dot`` with an
@@ -40,29 +41,29 @@ from ._autotune import INTERPRETER, autotune
 
 NORM_EPS = 1e-12
 
+
+def _configs(*rows, keys=("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_DO")):
+    """One ``triton.Config`` per row ``(block sizes in the order of keys…, num_warps)``."""
+    return [triton.Config(dict(zip(keys, row[:-1])), num_warps=row[-1]) for row in rows]
+
+
 # Configs of the forward kernels (BLOCK_M × BLOCK_N tiles, BLOCK_D chunks of the D loop). The first one is
 # what runs with MSA_FAST_AUTOTUNE=0 and under the interpreter: small, so that ragged edges and several tiles
 # are exercised at test shapes.
-FWD_CONFIGS = [
-    triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_D": 16}, num_warps=2),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": 32}, num_warps=4),
-    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_D": 64}, num_warps=4),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_D": 32}, num_warps=8),
-]
+FWD_CONFIGS = _configs((16, 16, 16, 2), (64, 64, 32, 4), (32, 64, 64, 4), (128, 64, 32, 8))
 
 # Configs of the backward kernels: BLOCK_DO is the width of the feature chunk a program owns.
-BWD_CONFIGS = [
-    triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_D": 16, "BLOCK_DO": 32}, num_warps=2),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": 32, "BLOCK_DO": 64}, num_warps=4),
-    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_D": 64, "BLOCK_DO": 128}, num_warps=4),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_D": 32, "BLOCK_DO": 128}, num_warps=8),
-]
+BWD_CONFIGS = _configs((16, 16, 16, 32, 2), (64, 64, 32, 64, 4), (32, 64, 64, 128, 4), (64, 32, 32, 128, 8))
 
-FINISH_CONFIGS = [
-    triton.Config({"BLOCK_M": 16, "BLOCK_D": 16}, num_warps=2),
-    triton.Config({"BLOCK_M": 16, "BLOCK_D": 128}, num_warps=4),
-    triton.Config({"BLOCK_M": 64, "BLOCK_D": 64}, num_warps=4),
-]
+# Configs of the kernels whose tiles carry several statistics or column segments (hycon, mgcl): they hold more
+# tile-sized values than the ones above, so these are the configs that compile for sm_80 without register spills
+# (ptxas -v, fp32 with TF32 dots). The first, 32 × 32 tiles with 64-wide chunks, is also the interpreter's: a tile
+# costs about the same there whatever its size, so fewer, larger tiles keep the tests short (test shapes still span
+# several tiles and a ragged edge).
+FWD_CONFIGS_WIDE = _configs((32, 32, 64, 8), (64, 64, 32, 8), (32, 32, 32, 4))
+BWD_CONFIGS_WIDE = _configs((32, 32, 64, 64, 8), (32, 32, 32, 128, 8), (64, 32, 32, 128, 8))
+
+FINISH_CONFIGS = _configs((16, 16, 2), (16, 128, 4), (64, 64, 4), keys=("BLOCK_M", "BLOCK_D"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,6 +148,32 @@ def tile_dot(x_ptr, y_ptr, rows, row_ok, cols, col_ok, D, CT: tl.constexpr, BF16
         acc = tl.dot(x, tl.trans(y), acc, input_precision=IP)
         ss += tl.sum(y * y, axis=1)
     return acc, ss
+
+
+@triton.jit
+def sim_tile(x_ptr, y_ptr, rows, row_ok, cols, col_ok, r_row, D, NORMALIZE: tl.constexpr, CT: tl.constexpr,
+             BF16: tl.constexpr, IP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+             BLOCK_D: tl.constexpr):
+    """(s [BLOCK_M, BLOCK_N], r_col [BLOCK_N]): ``s = x̂[rows]·ŷ[cols]ᵀ`` with ``x̂ = n(x)`` (``r_row`` the owned
+    rows' inverse norms) and the streamed rows' inverse norms; raw dot products and ``r_col = 1`` if not
+    ``NORMALIZE`` (``r_row`` is then unused)."""
+    dot, ss = tile_dot(x_ptr, y_ptr, rows, row_ok, cols, col_ok, D, CT, BF16, IP, BLOCK_M, BLOCK_N, BLOCK_D)
+    if NORMALIZE:  # (x_i·y_j)(r_i r_j): the same rounding in either role of the two rows
+        r_col = rinv_of(ss, CT)
+        return dot * (r_row[:, None] * r_col[None, :]), r_col
+    else:
+        return dot, tl.full([BLOCK_N], 1, CT)
+
+
+@triton.jit
+def acc_rows(acc, w, r_col, y_ptr, cols, col_ok, dd, dd_ok, D, NORMALIZE: tl.constexpr, CT: tl.constexpr,
+             BF16: tl.constexpr, IP: tl.constexpr):
+    """``acc + w·ŷ[cols, dd]`` for a [BLOCK_M, BLOCK_N] tile of pair gradients ``w`` (``ŷ = n(y)``: ``w`` is
+    scaled by the streamed rows' inverse norms ``r_col`` and multiplies the raw rows)."""
+    if NORMALIZE:
+        w = w * r_col[None, :]
+    y = load(y_ptr, cols[:, None] * D + dd[None, :], col_ok[:, None] & dd_ok[None, :], CT, BF16)
+    return tl.dot(w.to(CT), y, acc, input_precision=IP)
 
 
 @triton.jit
@@ -254,6 +281,20 @@ def check_rows(who: str, **tensors: torch.Tensor) -> torch.Tensor:
     if first.shape[0] == 0 or first.shape[1] == 0:
         raise ValueError(f"msa_fast.kernels.{who}: empty input (shape {tuple(first.shape)})")
     return first
+
+
+def check_stacked(op: str, name: str, t: torch.Tensor, what: str, layout: str) -> int:
+    """A float ``[3n, d]`` input stacking ``what`` (three views or modalities), checked as the C++ ops check it
+    (``TypeError`` for the dtype, ``ValueError`` for the shape); returns n."""
+    if not t.is_floating_point():
+        raise TypeError(f"{op}: {name} must be fp32/fp16/bf16/fp64, got {t.dtype}")
+    if t.dim() != 2:
+        raise ValueError(f"{op}: {name} must be {layout}, got shape {tuple(t.shape)}")
+    if t.numel() == 0:
+        raise ValueError(f"{op}: {name} is empty (shape {tuple(t.shape)})")
+    if t.shape[0] % 3:
+        raise ValueError(f"{op}: {name} must stack {what}, {layout}, got {t.shape[0]} rows (shape {tuple(t.shape)})")
+    return t.shape[0] // 3
 
 
 def finish(x: torch.Tensor, a: torch.Tensor, b, normalize: bool) -> torch.Tensor:

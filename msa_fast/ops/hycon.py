@@ -4,7 +4,8 @@ Raw cosine ratios with no log and no exp (by default), refinement terms and a mo
 This file holds the reference: a dense ``3K × 3K`` Gram matrix of ``[Z_l; Z_a; Z_v]`` with boolean
 masks, the per-anchor sums written as masked tensor reductions. Below it: the registrations of the
 fused per-row op ``msa_fast::hycon_rows`` (C++: csrc/cpu/hycon.cpp) and the public :func:`hycon_loss`,
-which composes the three terms from the fused per-row sums without a host sync.
+which composes the three terms from the fused per-row sums without a host sync. The Triton twin
+``msa_fast::hycon_rows_triton`` (kernels/hycon.py) computes the same per-row sums.
 
 Row layout of the Gram matrix: row ``r = m·K + k`` is anchor (k, m), modality m ∈ (l, a, v) = (0, 1, 2).
 """
@@ -179,8 +180,8 @@ def hycon_loss_reference(x_l, x_a, x_v, y, alpha=0.8, *, use_log=False, sim_tran
 
 
 # ----------------------------------------------------------------------------------------------
-# Fused per-row op ``msa_fast::hycon_rows`` (C++: csrc/cpu/hycon.cpp; a Triton twin
-# ``msa_fast::hycon_rows_triton`` is registered when msa_fast/kernels/hycon.py exists): fake tensors,
+# Fused per-row op ``msa_fast::hycon_rows`` (C++: csrc/cpu/hycon.cpp; its Triton twin
+# ``msa_fast::hycon_rows_triton``, kernels/hycon.py, is registered when that module exists): fake tensors,
 # autograd, and the public op composing the three terms from the per-row statistics.
 #
 # stats [3K, 7] per row r = m·K + k: (Σ_Pos1 f(s), Σ_Neg1 f(s), Σ_Pos1 (s − 1)²) over the same view,
@@ -219,8 +220,7 @@ if _dispatch.native_built():
                                     setup_context=_rows_setup_context)
 
 if importlib.util.find_spec("msa_fast.kernels.hycon") is not None:
-    # The Triton module is expected to provide hycon_rows_forward(x, classes, alpha, transform, tau) and
-    # hycon_rows_backward(grad_stats, x, classes, alpha, transform, tau) with the C++ op's semantics.
+    # kernels/hycon.py: hycon_rows_forward / hycon_rows_backward with the C++ op's inputs, outputs and checks.
 
     @torch.library.triton_op("msa_fast::hycon_rows_triton", mutates_args=())
     def _hycon_rows_triton(x: torch.Tensor, classes: torch.Tensor, alpha: float, transform: str,
