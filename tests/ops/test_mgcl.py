@@ -384,9 +384,11 @@ def check(a, b, ga, gb, tol=FP32_TOL, grad_tol=FP32_GRAD_TOL):
 
 
 @pytest.mark.parametrize("backend, device", FUSED)
-@pytest.mark.parametrize("B", [1, 2, 3, 8, 63, 64, 65])
+@pytest.mark.parametrize("B", [1, 2, 3, 8, 33, 63, 64, 65])
 @pytest.mark.parametrize("mode", ["literal3", "ordered6"])
 def test_fused_matches_reference(backend, device, B, mode):
+    if backend == "triton" and device == "cpu" and B > 33:
+        pytest.skip("interpreter: tiny shapes only (B = 33 spans two 32-row tiles with a ragged edge)")
     f = feats(B, 16, device)
     y = torch.empty(B).uniform_(-3, 3).to(device)
     for reduction in ("mean", "sum", "none"):
@@ -410,7 +412,7 @@ def test_fused_weight_variants(backend, device, pos_weight, neg_weight):
 @pytest.mark.parametrize("backend, device", FUSED)
 @pytest.mark.parametrize("d", [1, 384, 768])
 def test_fused_dims(backend, device, d):
-    B = 33 if backend == "triton" else 65
+    B = 65 if backend != "triton" or device != "cpu" else (33 if d == 1 else 5)  # interpreter: tiny shapes
     f = feats(B, d, device)
     y = torch.empty(B).uniform_(-3, 3).to(device)
     a, b, ga, gb = fused_and_reference(f, y, backend, tau=0.5, reduction="none")
