@@ -73,7 +73,7 @@ def _tokenizer_tag(name: str) -> str:
 
 def default_dataset_path(like: str = "mosei", *, cache_dir: str | os.PathLike | None = None,
                          scale: float = DEFAULT_SCALE, seed: int = 0, aligned: bool = False,
-                         dtype: str = DEFAULT_DTYPE, tokenizer=None) -> Path:
+                         dtype: str = DEFAULT_DTYPE, tokenizer=None, text_features: bool = False) -> Path:
     """Where :func:`default_dataset` keeps the store for these arguments (without creating it)."""
     from msa_fast.data.schema import get_shape
     from msa_fast.data.store import FORMAT_VERSION
@@ -84,7 +84,8 @@ def default_dataset_path(like: str = "mosei", *, cache_dir: str | os.PathLike | 
     _check_args(scale, dtype, 0.0)
     tag = _tokenizer_tag(_tokenizer_name(tokenizer, shape.language))
     name = (f"synthetic-{shape.name}-{'aligned' if aligned else 'unaligned'}-scale{float(scale):.6g}-"
-            f"seed{int(seed)}-{dtype}-tok_{tag}-gen{GENERATOR_VERSION}-fmt{FORMAT_VERSION}.h5")
+            f"seed{int(seed)}-{dtype}-tok_{tag}{'-textfeat' if text_features else ''}-gen{GENERATOR_VERSION}-"
+            f"fmt{FORMAT_VERSION}.h5")
     return default_cache_dir(cache_dir) / name
 
 
@@ -104,7 +105,7 @@ def _lock(path: Path):
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def _problem(path: Path, like: str, scale: float, seed: int, aligned: bool, dtype: str,
+def _problem(path: Path, like: str, scale: float, seed: int, aligned: bool, dtype: str, text_features: bool,
              min_samples: int) -> str | None:
     """Why the existing file at ``path`` is not the expected store (``None`` if it is)."""
     from msa_fast.data.schema import get_shape
@@ -118,7 +119,8 @@ def _problem(path: Path, like: str, scale: float, seed: int, aligned: bool, dtyp
             if r.meta["dataset"] != shape.name or not meta.get("synthetic"):
                 return f"not the synthetic {shape.name} dataset (dataset {r.meta['dataset']!r})"
             if meta.get("generator_version") != GENERATOR_VERSION or meta.get("seed") != int(seed) or \
-                    bool(meta.get("aligned")) != bool(aligned) or r.meta["storage_dtype"] != dtype:
+                    bool(meta.get("aligned")) != bool(aligned) or r.meta["storage_dtype"] != dtype or \
+                    bool(meta.get("text_features")) != bool(text_features):
                 return "made with other arguments or another generator version"
             for split in ("train", "valid", "test"):
                 want = max(int(min_samples), int(round(shape.split_sizes[split] * scale)))
@@ -131,17 +133,19 @@ def _problem(path: Path, like: str, scale: float, seed: int, aligned: bool, dtyp
 
 def default_dataset(like: str = "mosei", *, cache_dir: str | os.PathLike | None = None,
                     scale: float = DEFAULT_SCALE, seed: int = 0, aligned: bool = False,
-                    dtype: str = DEFAULT_DTYPE, tokenizer=None, compression: str | None = None,
-                    min_samples: int = 8, verbose: bool = False) -> Path:
+                    dtype: str = DEFAULT_DTYPE, tokenizer=None, text_features: bool = False,
+                    compression: str | None = None, min_samples: int = 8, verbose: bool = False) -> Path:
     """The path of the default synthetic store for ``like`` (``'mosei' | 'mosi' | 'sims'``), creating
     it in the cache directory on first use (see the module docstring). ``scale`` is the fraction of
     the real split sizes (:data:`DEFAULT_SCALE`), ``aligned`` the aligned variant (HyCon's setting;
     not for SIMS), ``dtype`` the storage dtype, ``tokenizer`` as for
     :func:`msa_fast.data.synthetic.make_synthetic` (default: the packaged bert-base-uncased tokenizer
-    for English). ``verbose`` prints a line when the file is created."""
+    for English). ``text_features`` adds the cached 768-d ``text_feat`` token features (BERT-like, as
+    in MMSA's feature pickles; what the ``quick`` training preset trains on, so that no text encoder
+    runs). ``verbose`` prints a line when the file is created."""
     path = default_dataset_path(like, cache_dir=cache_dir, scale=scale, seed=seed, aligned=aligned,
-                                dtype=dtype, tokenizer=tokenizer)
-    args = (like, scale, seed, aligned, dtype, min_samples)
+                                dtype=dtype, tokenizer=tokenizer, text_features=text_features)
+    args = (like, scale, seed, aligned, dtype, text_features, min_samples)
     if path.is_file() and _problem(path, *args) is None:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,7 +164,8 @@ def default_dataset(like: str = "mosei", *, cache_dir: str | os.PathLike | None 
                   flush=True)
         t0 = time.perf_counter()
         write_synthetic_store(path, like, seed=seed, scale=scale, aligned=aligned, tokenizer=tokenizer,
-                              dtype=dtype, compression=compression, min_samples=min_samples)
+                              text_features=text_features, dtype=dtype, compression=compression,
+                              min_samples=min_samples)
         why = _problem(path, *args)
         if why is not None:  # pragma: no cover - would be a generator/store bug
             raise RuntimeError(f"the default dataset just written to {path} does not check out: {why}")

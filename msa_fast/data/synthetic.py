@@ -60,7 +60,8 @@ fixed random direction ``w_m`` per modality (MOSEI audio channel 0 is an F0-like
 on unvoiced frames and channel 1 the voicing flag, as in COVAREP); frame noise is large, so the
 signal is weak per frame and clear after pooling over the valid frames. Optional ``text_feat``
 (``text_features=True``) are BERT-like 768-d token features: a fixed random vector per token id
-plus the word's polarity along a fixed direction plus a small contextual share of ``v_T``.
+plus the word's polarity along a fixed direction plus a small contextual share of ``v_T``; padded
+positions hold the utterance's mean token feature plus noise (BERT's [PAD] outputs are contextual).
 
 Determinism: samples are generated in full blocks of :data:`BLOCK` samples, each with a generator
 seeded by ``(seed, dataset, split, block)``; the output depends only on the arguments (and, for the
@@ -84,8 +85,8 @@ __all__ = ["make_synthetic", "make_synthetic_split", "write_synthetic_store", "s
            "PAD_ID", "UNK_ID", "CLS_ID", "SEP_ID", "MASK_ID", "PACKAGED_TOKENIZER", "resolve_tokenizer"]
 
 #: Bumped whenever the generator's output changes for the same arguments (2: the default tokenizer
-#: is the packaged bert-base-uncased one).
-GENERATOR_VERSION = 2
+#: is the packaged bert-base-uncased one; 3: ``text_feat`` at padded positions is contextual, not 0).
+GENERATOR_VERSION = 3
 BLOCK = 64
 
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 100, 101, 102, 103
@@ -384,7 +385,13 @@ class _Generator:
             feat = table[inv.reshape(ids.shape)]
             feat += (0.3 * v[:, None, None] * self.feat_dir[None, None, :]).astype(np.float32)
             feat += r.standard_normal(feat.shape, dtype=np.float32) * np.float32(0.1)
-            feat *= mask[:, :, None].astype(np.float32)
+            # BERT's outputs at [PAD] positions are contextual (padded queries still attend to the valid
+            # tokens), and models read them: HyCon's x_l is the last *padded* step. So a padded position
+            # holds the mean of the utterance's valid token features plus noise, not zeros.
+            m = mask[:, :, None].astype(np.float32)
+            ctx = (feat * m).sum(1, keepdims=True) / np.maximum(m.sum(1, keepdims=True), 1.0)
+            pad_noise = r.standard_normal(feat.shape, dtype=np.float32) * np.float32(0.1)
+            feat = feat * m + (ctx + pad_noise) * (1.0 - m)
             out["text_feat"] = feat.astype(self.dtype, copy=False)
         return out
 
