@@ -20,7 +20,8 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["DATASETS", "CONFIGS", "DataDims", "available_models", "default_config", "resolve_config", "build"]
+__all__ = ["DATASETS", "CONFIGS", "PRESETS", "PRESET_DATA", "preset_config", "DataDims", "available_models",
+           "default_config", "resolve_config", "build"]
 
 DATASETS = ("mosi", "mosei", "sims")
 
@@ -107,6 +108,39 @@ CONFIGS: dict[tuple[str, str], dict] = {
     ("mgcl", "mosei"): dict(_MGCL, av_layers=3, epochs=25, batch_size=8),
     ("mgcl", "sims"): dict(_MGCL, label_scale=1.0),
 }
+
+# --------------------------------------------------------------------------- training presets
+
+#: ``msa-fast train --preset``: ``'paper'`` trains with :data:`CONFIGS` as they are (the papers' epochs,
+#: fine-tuned text encoder, full-width encoders); ``'quick'`` is the main job on the embedded synthetic
+#: default and must finish in a few minutes on 2 CPU cores, so it changes what costs the time and says so
+#: in the run's config: the word-aligned default set with cached 768-d text features
+#: (:data:`QUICK_DATA`; the text encoder is not run, as with MMSA's feature pickles), a higher learning
+#: rate for the few epochs, three seeds instead of five, eager steps (compiling costs minutes per seed on
+#: 2 busy cores, more than it saves in a run this short; ``--set compile=true`` turns it on), and for
+#: MGCL narrower stage-1 A/V Transformers (768-d x 3 layers cost ~20 s per batch of 64 here) with 2
+#: pretraining epochs instead of 200.
+PRESETS: dict[str, dict[str, dict]] = {
+    "paper": {"hycon": {}, "mgcl": {}},
+    "quick": {
+        "hycon": dict(text_features=True, lr=1e-3, epochs=6, seeds=[1111, 1112, 1113], compile=False),
+        "mgcl": dict(text_features=True, av_dim=128, av_heads=4, av_ffn=512, av_layers=1,
+                     stage1_av_epochs=2, stage1_av_batch_size=128, epochs=5, lr=5e-4,
+                     seeds=[1111, 1112, 1113], compile=False),
+    },
+}
+
+#: ``default_dataset`` arguments of the data each preset trains on when no data is given.
+PRESET_DATA: dict[str, dict] = {"paper": {}, "quick": dict(aligned=True, text_features=True)}
+
+
+def preset_config(preset: str, name: str) -> dict:
+    """The config values preset ``preset`` sets for model ``name`` (engine keys such as ``seeds``
+    included); ``ValueError`` naming the valid presets for an unknown one."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; valid: {sorted(PRESETS)}")
+    return copy.deepcopy(PRESETS[preset].get(str(name).lower(), {}))
+
 
 _ALIASES = {"ch-sims": "sims", "chsims": "sims", "ch_sims": "sims", "cmu-mosi": "mosi", "cmu-mosei": "mosei"}
 

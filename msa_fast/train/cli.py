@@ -1,12 +1,14 @@
 """``msa-fast train | eval | predict`` (registered by :mod:`msa_fast.cli`; the work is imported lazily).
 
-    msa-fast train --model NAME [--data FILE] [--set KEY=VALUE ...] [--seeds S ...] [--epochs N]
+    msa-fast train --model NAME [--data FILE] [--preset quick|paper] [--set KEY=VALUE ...] [--seeds S ...] [--epochs N]
                    [--config FILE.json] [--resume DIR] [--no-compile] [--out DIR] [--no-progress]
     msa-fast eval --run DIR [--data FILE] [--split test|valid|train]
     msa-fast predict --run DIR --data FILE --out preds.csv [--split test] [--seed S]
 
 ``train`` without ``--data`` uses the embedded synthetic MOSEI-shaped default dataset
-(:func:`msa_fast.data.default.default_dataset`, created on first use). ``--data`` takes an msa_fast
+(:func:`msa_fast.data.default.default_dataset`, created on first use) with the ``quick`` preset
+(:data:`msa_fast.models.configs.PRESETS`: the word-aligned variant with cached text features, a few
+epochs, 3 seeds — minutes on 2 CPU cores); ``--preset paper`` keeps the papers' configs. ``--data`` takes an msa_fast
 store or an MMSA feature pickle (converted into the run directory first). ``NAME`` is a model of the
 registry (``hycon``, ``mgcl``, ...) or an import path ``package.module:factory`` whose
 ``factory(cfg, dims)`` returns an :class:`~msa_fast.models.base.MSAModel` (an optional
@@ -146,22 +148,31 @@ def _train(args) -> int:
             if not args.model:
                 return _fail("train", "--model is required (or --resume DIR)")
             model = args.model
+            from msa_fast.models.configs import PRESET_DATA, preset_config
+
+            preset = args.preset or ("paper" if args.data else "quick")
+            preset_cfg = {} if ":" in model else preset_config(preset, model)
             if args.data:
                 reader = _open_store(args.data, Path(args.out) if args.out else None, "train")
             else:
                 from msa_fast.data.default import default_dataset
                 from msa_fast.data.store import StoreReader
 
-                reader = StoreReader(default_dataset(verbose=dist.is_main))
+                reader = StoreReader(default_dataset(verbose=dist.is_main, **PRESET_DATA[preset]))
+            if dist.is_main and preset_cfg:
+                shown = ", ".join(f"{k}={v}" for k, v in preset_cfg.items())
+                print(f"preset {preset!r}: {shown}" + (" (--preset paper: the papers' schedule)"
+                                                         if preset == "quick" else ""), file=sys.stderr)
             dataset = str(reader.meta.get("dataset"))
             extra = {"epochs": args.epochs, "seeds": args.seeds}
             if args.no_compile:
                 extra["compile"] = False
             if args.no_progress:
                 extra["progress"] = False
-            cfg = resolve_config(model, dataset, model_cfg=model_defaults_for(model, dataset),
+            cfg = resolve_config(model, dataset, model_cfg={**model_defaults_for(model, dataset), **preset_cfg},
                                  config_file=args.config, extra=extra, overrides=args.set)
             cfg["model"] = model
+            cfg["preset"] = preset
             cfg["data"] = os.path.abspath(reader.path)
             cfg["data_dims"] = data_dims(reader)
             run_dir = Path(args.out) if args.out else _default_out(model, dataset)
@@ -286,6 +297,9 @@ def add_parsers(sub) -> None:
     t.add_argument("--config", help="JSON file of config values")
     t.add_argument("--seeds", type=int, nargs="+", help="seeds (default 1111 1112 1113 1114 1115)")
     t.add_argument("--epochs", type=int, help="epochs of the model's open-ended stage(s)")
+    t.add_argument("--preset", choices=("quick", "paper"),
+                   help="quick: minutes on CPU (cached text features, few epochs, 3 seeds; default without --data); "
+                        "paper: the papers' configs (default with --data)")
     t.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoints")
     t.add_argument("--no-compile", action="store_true", help="eager mode (no torch.compile)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -9,6 +9,7 @@ Run directory layout::
     RUN/summary.json       metrics.aggregate of the test metrics over seeds (+ the per-seed values)
     RUN/summary.csv        metric, mean, std (ddof=1), std_pop (ddof=0), mmsa_mean, mmsa_std, n
     RUN/summary.txt        the printed table
+    RUN/loss_curves.png    every loss term and the validation MAE per epoch, one line per seed
 
 ``run_seeds(..., resume=True)`` skips seeds that have ``result.json``, resumes the seed that has a
 ``last.pt`` and starts the others.
@@ -64,6 +65,19 @@ def write_summary(run_dir, records: list[dict], title: str | None = None) -> str
     return table
 
 
+def _plot(run_dir: Path, print_fn) -> None:
+    """``RUN/loss_curves.png``; a run without matplotlib still finishes (the plot is a view of log.jsonl)."""
+    from msa_fast.train.plots import plot_run
+
+    try:
+        path = plot_run(run_dir)
+    except ImportError as e:  # pragma: no cover - matplotlib is in requirements.txt
+        print_fn(f"loss curves not drawn: {e}")
+        return
+    if path is not None:
+        print_fn(f"loss curves: {path}")
+
+
 def run_seeds(model_factory: Callable[[dict], object], cfg: dict, data, run_dir, *, seeds=None,
               resume: bool = False, dist=None, hooks=(), stop_after_steps: int | None = None,
               print_fn=print) -> dict:
@@ -115,4 +129,5 @@ def run_seeds(model_factory: Callable[[dict], object], cfg: dict, data, run_dir,
         table = write_summary(run_dir, records, title=title)
         summary = summarise(records)
         print_fn(table)
+        _plot(run_dir, print_fn)
     return {"records": records, "summary": summary, "table": table}

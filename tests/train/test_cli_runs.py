@@ -24,7 +24,8 @@ def test_run_seeds_summary_and_resume(store, cfg, tmp_path):
     assert [r["seed"] for r in res["records"]] == [1, 2]
     assert "mean ± std" in res["table"] and res["table"] in out
     assert res["summary"]["MAE"]["n"] == 2
-    for f in ("config.json", "env.json", "runs.jsonl", "summary.json", "summary.csv", "summary.txt"):
+    for f in ("config.json", "env.json", "runs.jsonl", "summary.json", "summary.csv", "summary.txt",
+              "loss_curves.png"):
         assert (tmp_path / f).is_file(), f
     rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
     assert [r["metric"] for r in rows][-2:] == ["MAE", "Corr"] and rows[0]["n"] == "2"
@@ -130,4 +131,29 @@ def test_cli_train_without_data_uses_the_default_dataset(store, tmp_path, monkey
     monkeypatch.setattr(default, "default_dataset", fake_default)
     assert main(["train", "--model", TOY, "--seeds", "1", "--epochs", "1", "--no-compile", "--no-progress",
                  "--out", str(tmp_path / "r")]) == 0
-    assert calls and json.load(open(tmp_path / "r" / "config.json"))["data"] == os.path.abspath(store)
+    cfg = json.load(open(tmp_path / "r" / "config.json"))
+    assert calls and cfg["data"] == os.path.abspath(store)
+    # no data: the quick preset, on the word-aligned default set with cached text features
+    assert cfg["preset"] == "quick" and calls[0]["aligned"] is True and calls[0]["text_features"] is True
+    calls.clear()
+    assert main(["train", "--model", TOY, "--preset", "paper", "--seeds", "1", "--epochs", "1", "--no-compile",
+                 "--no-progress", "--out", str(tmp_path / "p")]) == 0
+    assert json.load(open(tmp_path / "p" / "config.json"))["preset"] == "paper"
+    assert "aligned" not in calls[0] and "text_features" not in calls[0]
+
+
+def test_presets_set_only_known_keys_and_paper_is_the_registry():
+    from msa_fast.models.configs import PRESETS, default_config, preset_config
+    from msa_fast.train.configs import ENGINE_DEFAULTS
+
+    for model in ("hycon", "mgcl"):
+        assert preset_config("paper", model) == {}
+        quick = preset_config("quick", model)
+        known = set(default_config(model, "mosei")) | set(ENGINE_DEFAULTS)
+        assert quick and set(quick) <= known, set(quick) - known
+        assert quick["text_features"] is True and quick["seeds"] == [1111, 1112, 1113]
+    assert set(PRESETS) == {"quick", "paper"}
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown preset 'fast'.*paper"):
+        preset_config("fast", "hycon")
