@@ -37,6 +37,10 @@ _TEXT = dict(
     text_features=False,
     # backend of the fused contrastive op ('auto', 'reference', 'cpp', 'triton', 'cuda')
     backend="auto",
+    # under DDP: the contrastive loss pairs every sample of the global batch (rows gathered across
+    # ranks, gradients scaled so the engine's averaging gives the single-process full-batch gradient);
+    # False: each rank pairs only its own shard. No effect in one process.
+    global_batch=False,
     weight_decay=0.0,
 )
 

@@ -23,7 +23,7 @@ from msa_fast.models.base import MSAModel, Stage
 from msa_fast.models.configs import DataDims, resolve_config
 
 __all__ = ["HyCon", "TextEncoder", "MTE", "sinusoidal_table", "Predictor", "export_predictor",
-           "hycon_refinement"]
+           "hycon_refinement", "global_rows", "grad_scaled"]
 
 
 # =========================================================================== shared building blocks
@@ -60,6 +60,25 @@ def lengths_of(batch, name: str, T: int, device) -> torch.Tensor:
     if n is None:
         return torch.full((1,), T, dtype=torch.long, device=device)
     return n.to(device=device, dtype=torch.long)
+
+
+def global_rows(enabled: bool, *tensors: torch.Tensor):
+    """``(tensors, w)``: with ``enabled`` under torch.distributed, the rows of every rank concatenated
+    (:func:`msa_fast.ops.distributed.gather_rows`, gradient flowing back to this rank's rows) and the
+    world size ``w``; otherwise the tensors unchanged and ``w = 1``."""
+    if not enabled:
+        return tensors, 1
+    from msa_fast.ops.distributed import ddp_loss_scale, gather_rows
+
+    w = ddp_loss_scale()
+    return (gather_rows(*tensors) if w > 1 else tensors), w
+
+
+def grad_scaled(loss: torch.Tensor, w: int) -> torch.Tensor:
+    """``loss`` with its gradient multiplied by ``w`` and its value unchanged: every rank computes the
+    same global-batch loss and the engine averages gradients over ``w`` ranks, so ``w``·gradient makes
+    the average the single-process full-batch gradient while logs show the loss itself."""
+    return loss if w == 1 else loss + (w - 1) * (loss - loss.detach())
 
 
 def sinusoidal_table(pos: torch.Tensor, D: int) -> torch.Tensor:
@@ -411,7 +430,7 @@ class HyCon(MSAModel):
         from msa_fast.ops import hycon_loss
 
         c = self.cfg
-        feats = (out["x_l"], out["x_a"], out["x_v"])
+        (*feats, y), w = global_rows(c["global_batch"], out["x_l"], out["x_a"], out["x_v"], y)
         iamcl, iemcl, scl = hycon_loss(*feats, y, self.alpha, use_log=c["use_log"], sim_transform=c["sim_transform"],
                                        tau=c["tau"], den_guard=c["den_guard"], reduction=c["reduction"],
                                        drop_zero=c["drop_zero_pairs"], backend=c["backend"])
@@ -421,7 +440,7 @@ class HyCon(MSAModel):
                                             drop_zero=c["drop_zero_pairs"])
             iamcl, iemcl = iamcl - ref_a, iemcl - ref_e
             extra = {"iamcl_ref": ref_a.detach(), "iemcl_ref": ref_e.detach()}
-        return iamcl, iemcl, scl, extra
+        return grad_scaled(iamcl, w), grad_scaled(iemcl, w), grad_scaled(scl, w), extra
 
     def loss_terms(self, batch, out, stage: Stage | None = None) -> dict[str, torch.Tensor]:
         y = field(batch, "y").to(out["pred"].device).float()

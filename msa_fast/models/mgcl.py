@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from msa_fast.models.base import MSAModel, Stage
 from msa_fast.models.configs import DataDims, resolve_config
-from msa_fast.models.hycon import TextEncoder, check_dim, field, length_mask, lengths_of
+from msa_fast.models.hycon import TextEncoder, check_dim, field, global_rows, grad_scaled, length_mask, lengths_of
 
 __all__ = ["MGCL", "enhanced_micro", "masked_mean", "mgcl_loss_without_c3"]
 
@@ -306,14 +306,16 @@ class MGCL(MSAModel):
     def contrastive(self, out, y):
         """``L_con`` as it enters the total (C1/C2 only for "w/o C3"; weights 'none' for "w/o weight")."""
         c = self.cfg
-        macro = (out["T_a"], out["V_a"], out["A_a"])
+        rows, w = global_rows(c["global_batch"], out["T_a"], out["V_a"], out["A_a"], out["T_i"], out["V_i"],
+                              out["A_i"], y)
+        macro, micro, y = tuple(rows[:3]), tuple(rows[3:6]), rows[6]
         kw = dict(delta=c["delta"], tau=c["tau"], label_scale=c["label_scale"], pos_weight=self.pos_weight,
                   neg_weight=self.neg_weight, gain=c["gain"], reduction=c["reduction"],
                   same_sample_c2=c["same_sample_c2"])
         if not self.use_c3:
-            return mgcl_loss_without_c3(macro, y, **kw)
+            return grad_scaled(mgcl_loss_without_c3(macro, y, **kw), w)
         from msa_fast.ops import mgcl_contrastive_loss
-        return mgcl_contrastive_loss(macro, (out["T_i"], out["V_i"], out["A_i"]), y, backend=c["backend"], **kw)
+        return grad_scaled(mgcl_contrastive_loss(macro, micro, y, backend=c["backend"], **kw), w)
 
     def loss_terms(self, batch, out, stage: Stage | None = None) -> dict[str, torch.Tensor]:
         key = "total" if stage is None else stage.loss
