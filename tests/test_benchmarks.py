@@ -133,3 +133,35 @@ def test_cli_bench_unknown_op_is_a_one_line_error(capsys):
 
     assert main(["bench", "no_such_op"]) == 1
     assert "no_such_op" in capsys.readouterr().err
+
+
+def test_bench_train_smoke(tmp_path, capsys, monkeypatch):
+    """bench_train end to end at batch 8 with one step per provider. torch.compile costs minutes here,
+    so the compiled provider runs its fused backend eagerly: this checks the plumbing (Trainer setup at
+    the multimodal stage, both scenarios and models, phase stamps, CSV rows, ratios, targets)."""
+    from benchmarks import bench_train
+    from msa_fast import bench
+
+    monkeypatch.setitem(bench_train.PROVIDERS, "compiled_fused", dict(compile=False, backend="auto"))
+    out = tmp_path / "r.csv"
+    status = bench.run("train", ["--smoke", "--csv", str(out), "--workdir", str(tmp_path / "w")])
+    assert status == 0
+    text = capsys.readouterr().out
+    assert "THROUGHPUT" in text and "BREAKDOWN" in text and "RATIOS" in text
+    assert text.count("TARGET ") == 4
+    rows = harness.read_csv(out)
+    assert {r["kernel"] for r in rows} == {"train_hycon", "train_mgcl"}
+    assert {r["mode"] for r in rows} == set(bench_train.SCENARIOS)
+    assert {r["provider"] for r in rows} == set(bench_train.PROVIDERS)
+    for r in rows:
+        extra = json.loads(r["extra_config"])
+        assert extra["stage"] == "multimodal" and extra["batch"] == 8
+        assert math.isfinite(r["p50"]) and r["p50"] >= 0
+        if r["kernel"] == "train_mgcl":
+            assert extra["mgcl_preset"] == "quick" and extra["av_layers"] == 1
+    phases = {(r["provider"], json.loads(r["extra_config"])["phase"]) for r in rows if r["metric"] == "phase_time"}
+    for ph in ("data", "encoders", "losses", "contrastive_fwd", "backward", "contrastive_bwd", "optimizer"):
+        assert ("eager_reference", ph) in phases
+    backends = {json.loads(r["extra_config"])["backend"] for r in rows if r["provider"] == "eager_reference"}
+    assert backends == {"reference"}
+    assert {r["metric"] for r in rows} >= {"step_time", "throughput", "cpu_time", "compile_time", "phase_time"}
