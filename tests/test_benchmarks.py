@@ -135,6 +135,52 @@ def test_cli_bench_unknown_op_is_a_one_line_error(capsys):
     assert "no_such_op" in capsys.readouterr().err
 
 
+@needs_cpp
+def test_contrastive_scaling_smoke(tmp_path, capsys):
+    """One tiny point per provider, each in its own capped subprocess: the table, ratios and CSV rows."""
+    from msa_fast import bench
+
+    out = tmp_path / "r.csv"
+    status = bench.run("contrastive_scaling", ["--losses", "supcon", "--batches", "64", "--providers",
+                                               "msa_fast,reference", "--mem-cap-gib", "16", "--timeout", "120",
+                                               "--csv", str(out)])
+    assert status == 0
+    text = capsys.readouterr().out
+    assert "RATIOS per B" in text and "eager/fused time" in text
+    rows = harness.read_csv(out)
+    got = {(r["provider"], r["metric"]) for r in rows}
+    assert got == {(p, m) for p in ("msa_fast", "reference") for m in ("speed", "cpu_time", "peak_rss")}
+    for r in rows:
+        cfg = json.loads(r["extra_config"])
+        assert cfg["status"] == "ok" and cfg["mem_cap_gib"] == 16 and r["x_value"] == "192x192"
+        assert r["p50"] > 0 if r["metric"] != "peak_rss" else r["p50"] >= 0
+
+
+def test_contrastive_scaling_skips_after_oom(monkeypatch, tmp_path, capsys):
+    """A provider that ran out of memory at some B is not run at the larger B (no subprocess here)."""
+    from benchmarks import bench_contrastive_scaling as scaling
+
+    calls = []
+
+    def fake_point(loss, batch, provider, **kw):
+        calls.append((batch, provider))
+        if provider == "reference" and batch >= 128:
+            return {"status": "out of memory", "seconds": 0.5, "wall_s": 1.0, "peak_rss_mib": 900.0,
+                    "error": "RuntimeError: DefaultCPUAllocator: can't allocate memory"}
+        return {"status": "ok", "seconds": 0.01 * batch, "cpu_seconds": 0.02, "peak_rss_mib": 1.0 * batch,
+                "wall_s": 1.0}
+
+    monkeypatch.setattr(scaling, "run_point", fake_point)
+    out = tmp_path / "r.csv"
+    assert scaling.main(["--losses", "supcon", "--batches", "64,128,256", "--providers", "reference,msa_fast",
+                         "--csv", str(out)]) == 0
+    assert calls == [(64, "reference"), (64, "msa_fast"), (128, "reference"), (128, "msa_fast"), (256, "msa_fast")]
+    text = capsys.readouterr().out
+    assert "skipped: out of memory at B=128" in text and "eager out of memory" in text
+    failed = [json.loads(r["extra_config"])["status"] for r in harness.read_csv(out) if r["metric"] == "failed"]
+    assert failed == ["out of memory", "skipped: out of memory at B=128"]
+
+
 def test_bench_train_smoke(tmp_path, capsys, monkeypatch):
     """bench_train end to end at batch 8 with one step per provider. torch.compile costs minutes here,
     so the compiled provider runs its fused backend eagerly: this checks the plumbing (Trainer setup at
