@@ -32,6 +32,7 @@
 
 #include <string>
 
+#include "common/contrastive_args.h"
 #include "cpu/pairwise.h"
 
 namespace msa_fast {
@@ -40,40 +41,18 @@ namespace {
 using pairwise::compute_type;
 
 
-constexpr const char* kOp = "msa_fast.ops.hycon_loss";
-constexpr int64_t kStats = 7;
+constexpr int64_t kStats = contrastive::kHyconStats;
 // Slab per thread: small enough to stay in a core's L2 between the GEMM that writes it and the epilogue
 // (and the backward GEMM) that read it.
 constexpr int64_t kSlabBytesPerThread = int64_t(8) << 20;
 
-enum Transform : int { kCos = 0, kCos01 = 1, kExpTau = 2 };
+using Transform = contrastive::HyconTransform;
+using contrastive::kCos;
+using contrastive::kCos01;
+using contrastive::kExpTau;
 
-// The loop templates are MSA_ALWAYS_INLINE (pairwise.h) so each target clone below gets its own
-// vectorised copy.
-
-Transform parse_transform(const std::string& t) {
-  if (t == "cos") return kCos;
-  if (t == "cos01") return kCos01;
-  TORCH_CHECK_VALUE(t == "exp_tau", kOp, ": sim_transform must be one of ('cos', 'cos01', 'exp_tau'), got '", t,
-                    "'");
-  return kExpTau;
-}
-
-
-template <typename T, int F>
-MSA_ALWAYS_INLINE T transform(T v, T inv_tau) {
-  if constexpr (F == kCos) return v;
-  if constexpr (F == kCos01) return (T(1) + v) * T(0.5);
-  return pairwise::fast_exp(v * inv_tau);
-}
-
-// f′(s): 1, ½, exp(s/τ)/τ.
-template <typename T, int F>
-MSA_ALWAYS_INLINE T transform_grad(T v, T inv_tau) {
-  if constexpr (F == kCos) return T(1);
-  if constexpr (F == kCos01) return T(0.5);
-  return pairwise::fast_exp(v * inv_tau) * inv_tau;
-}
+// The loop templates are MSA_ALWAYS_INLINE (pairwise.h) and the per-pair math (common/contrastive.h)
+// force-inlined, so each target clone below gets its own vectorised copy.
 
 // Forward, one view segment of a slab row over candidates j ∈ [begin, end) (the caller splits around
 // j = k): Σ_pos f(s), Σ_neg f(s), Σ_pos (s − target)², for an anchor of class c ≥ 0. Selection (not
@@ -84,15 +63,12 @@ MSA_ALWAYS_INLINE void seg_sums(const T* s, const int32_t* cls, int64_t begin, i
   T sp = 0, sn = 0, sq = 0;
 #pragma omp simd reduction(+ : sp, sn, sq)
   for (int64_t j = begin; j < end; ++j) {
-    const T v = s[j];
-    const int32_t cj = cls[j];
-    const T fv = transform<T, F>(v, inv_tau);
-    const bool pos = cj == c;
-    const bool neg = (cj != c) & (cj >= 0);
-    const T d = v - target;
-    sp += pos ? fv : T(0);
-    sn += neg ? fv : T(0);
-    sq += pos ? d * d : T(0);
+    T tp, tn, tq;
+    contrastive::hycon_pair_terms<T, F>(s[j], contrastive::hycon_positive(cls[j], c),
+                                        contrastive::hycon_negative(cls[j], c), target, inv_tau, tp, tn, tq);
+    sp += tp;
+    sn += tn;
+    sq += tq;
   }
   acc[0] += sp;
   acc[1] += sn;
@@ -109,12 +85,9 @@ MSA_ALWAYS_INLINE void seg_grad(T* s, const int32_t* cls, int64_t begin, int64_t
   for (int64_t j = begin; j < end; ++j) {
     const T v = s[j];
     const int32_t cj = cls[j];
-    const T fp = transform_grad<T, F>(v, inv_tau);
-    const bool pos = cj == c;
-    const bool neg = (cj != c) & (cj >= 0);
-    const T gpos = (ap + Ap[j]) * fp + (aq + Aq[j]) * (T(2) * (v - target));
-    const T gneg = (an + An[j]) * fp;
-    s[j] = pos ? gpos : (neg ? gneg : T(0));
+    s[j] = contrastive::hycon_pair_grad(v, contrastive::hycon_positive(cj, c), contrastive::hycon_negative(cj, c), target,
+                                        contrastive::hycon_transform_grad<T, F>(v, inv_tau), ap + Ap[j], an + An[j],
+                                        aq + Aq[j]);
   }
 }
 
@@ -127,15 +100,12 @@ MSA_ALWAYS_INLINE void seg_cols(const T* s, const int32_t* cls, int64_t begin, i
                                T inv_tau, T* Ap, T* An, T* Aq) {
 #pragma omp simd
   for (int64_t j = begin; j < end; ++j) {
-    const T v = s[j];
-    const int32_t cj = cls[j];
-    const T fv = transform<T, F>(v, inv_tau);
-    const bool pos = cj == c;
-    const bool neg = (cj != c) & (cj >= 0);
-    const T d = v - target;
-    Ap[j] += pos ? fv : T(0);
-    An[j] += neg ? fv : T(0);
-    Aq[j] += pos ? d * d : T(0);
+    T tp, tn, tq;
+    contrastive::hycon_pair_terms<T, F>(s[j], contrastive::hycon_positive(cls[j], c),
+                                        contrastive::hycon_negative(cls[j], c), target, inv_tau, tp, tn, tq);
+    Ap[j] += tp;
+    An[j] += tn;
+    Aq[j] += tq;
   }
 }
 
@@ -213,31 +183,6 @@ struct Loops<float> {
   }
 };
 
-struct Args {
-  int64_t K;
-  Transform f;
-};
-
-Args check_inputs(const at::Tensor& x, const at::Tensor& classes, double tau, const std::string& transform_name) {
-  const auto st = x.scalar_type();
-  TORCH_CHECK_TYPE(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, kOp,
-                   ": x must be fp32/fp16/bf16/fp64, got ", st);
-  TORCH_CHECK_VALUE(x.dim() == 2, kOp, ": x must be [3K, d] (= [x_l; x_a; x_v]), got shape ", x.sizes());
-  TORCH_CHECK_VALUE(x.numel() > 0, kOp, ": x is empty (shape ", x.sizes(), ")");
-  TORCH_CHECK_VALUE(x.size(0) % 3 == 0, kOp, ": x must stack the three modalities, [3K, d], got ", x.size(0),
-                    " rows (shape ", x.sizes(), ")");
-  const int64_t K = x.size(0) / 3;
-  TORCH_CHECK_VALUE(K <= std::numeric_limits<int32_t>::max(), kOp, ": K = ", K, " samples is too many");
-  TORCH_CHECK_TYPE(classes.scalar_type() == at::kLong, kOp, ": classes must be int64 here, got ",
-                   classes.scalar_type());
-  TORCH_CHECK_VALUE(classes.dim() == 1 && classes.size(0) == K, kOp, ": classes must be [K] = [", K,
-                    "] for x of shape ", x.sizes(), ", got shape ", classes.sizes());
-  TORCH_CHECK_VALUE(classes.device() == x.device(), kOp, ": classes is on ", classes.device(), " but x is on ",
-                    x.device());
-  TORCH_CHECK_VALUE(tau > 0, kOp, ": tau must be > 0, got ", tau);
-  return {K, parse_transform(transform_name)};
-}
-
 // Class ids as dense int32 ranks (equal ids ↔ equal ranks, ranks ≥ 0), −1 kept as "dropped": int32
 // lanes match the float lanes of the epilogue loops.
 at::Tensor dense_classes(const at::Tensor& classes) {
@@ -282,7 +227,7 @@ Blocking blocking(int64_t N, int64_t elem_bytes) {
 
 at::Tensor hycon_rows_cpu(const at::Tensor& x, const at::Tensor& classes, double alpha, c10::string_view transform_sv,
                           double tau) {
-  const Args a = check_inputs(x, classes, tau, std::string(transform_sv));
+  const contrastive::HyconArgs a = contrastive::check_hycon(x, classes, tau, std::string(transform_sv));
   const at::ScalarType ct = compute_type(x);
   const pairwise::Normalized n = pairwise::normalize_rows(x, ct, /*normalize=*/true);
   const at::Tensor cls_t = dense_classes(classes);
@@ -318,7 +263,7 @@ at::Tensor hycon_rows_cpu(const at::Tensor& x, const at::Tensor& classes, double
               const int64_t jb = std::clamp<int64_t>(i0 - mp * K, 0, K);
               if (jb < K) {
                 const T* seg = row + (mp * K + jb - i0);
-                if (c >= 0)
+                if (contrastive::hycon_kept(c))
                   around(0, K - jb, k - jb, [&](int64_t lo, int64_t hi) {
                     Loops<T>::sums(a.f, seg, cls + jb, lo, hi, c, target, inv_tau, st + q);
                   });
@@ -333,7 +278,7 @@ at::Tensor hycon_rows_cpu(const at::Tensor& x, const at::Tensor& classes, double
               if (jc < K) {
                 const T* seg = row + (mp * K + jc - i0);
                 const int64_t g0 = mp * K + jc;
-                if (c >= 0)
+                if (contrastive::hycon_kept(c))
                   around(0, K - jc, k - jc, [&](int64_t lo, int64_t hi) {
                     Loops<T>::cols(a.f, seg, cls + jc, lo, hi, c, target, inv_tau, acc + q * N + g0,
                                    acc + (q + 1) * N + g0, acc + (q + 2) * N + g0);
@@ -357,12 +302,9 @@ at::Tensor hycon_rows_cpu(const at::Tensor& x, const at::Tensor& classes, double
 
 at::Tensor hycon_rows_backward_cpu(const at::Tensor& grad_stats, const at::Tensor& x, const at::Tensor& classes,
                                    double alpha, c10::string_view transform_sv, double tau) {
-  const Args a = check_inputs(x, classes, tau, std::string(transform_sv));
+  const contrastive::HyconArgs a = contrastive::check_hycon(x, classes, tau, std::string(transform_sv));
   const int64_t K = a.K, N = 3 * K;
-  TORCH_CHECK_VALUE(grad_stats.dim() == 2 && grad_stats.size(0) == N && grad_stats.size(1) == kStats, kOp,
-                    " backward: grad_stats must be [3K, 7] = [", N, ", 7], got shape ", grad_stats.sizes());
-  TORCH_CHECK_VALUE(grad_stats.device() == x.device(), kOp, " backward: grad_stats is on ", grad_stats.device(),
-                    " but x is on ", x.device());
+  contrastive::check_hycon_grad(grad_stats, x, K);
   const at::ScalarType ct = compute_type(x);
   const pairwise::Normalized n = pairwise::normalize_rows(x, ct, /*normalize=*/true);
   const at::Tensor cls_t = dense_classes(classes);
@@ -402,7 +344,7 @@ at::Tensor hycon_rows_backward_cpu(const at::Tensor& grad_stats, const at::Tenso
               const T target = mp == m ? T(1) : al;
               const bool own = k >= jb;  // column (k, mp) is in this slab row
               const T s_kk = own ? seg[k - jb] : T(0);
-              if (c >= 0) {
+              if (contrastive::hycon_kept(c)) {
                 const T* A = gtp + q * N + mp * K + jb;
                 around(0, K - jb, k - jb, [&](int64_t lo, int64_t hi) {
                   Loops<T>::grad(a.f, seg, cls + jb, lo, hi, c, target, inv_tau, ar[q], ar[q + 1], ar[q + 2], A,

@@ -18,6 +18,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "common/contrastive_args.h"
 #include "cpu/pairwise.h"
 
 namespace msa_fast {
@@ -54,7 +55,7 @@ inline T row_softmax(T* s, int64_t b, int64_t e, T g, T inv_tau, T lse) {
   T acc = 0;
 #pragma omp simd reduction(+ : acc)
   for (int64_t j = b; j < e; ++j) {
-    const T w = g * fast_exp(s[j] * inv_tau - lse);
+    const T w = contrastive::softmax_weight(g, s[j] * inv_tau, lse);
     s[j] = w;
     acc += w;
   }
@@ -83,24 +84,6 @@ struct Loops<float> {
   }
 };
 
-void check_inputs(const at::Tensor& q, const at::Tensor& k, double temperature) {
-  for (const auto* t : {&q, &k}) {
-    const char* name = t == &q ? "q" : "k";
-    TORCH_CHECK_TYPE(t->scalar_type() == at::kFloat || t->scalar_type() == at::kDouble ||
-                         t->scalar_type() == at::kHalf || t->scalar_type() == at::kBFloat16,
-                     "msa_fast.ops.info_nce: ", name, " must be fp32/fp16/bf16/fp64, got ", t->scalar_type());
-    TORCH_CHECK_VALUE(t->dim() == 2, "msa_fast.ops.info_nce: ", name, " must be [N, D], got shape ", t->sizes());
-    TORCH_CHECK_VALUE(t->numel() > 0, "msa_fast.ops.info_nce: ", name, " is empty (shape ", t->sizes(), ")");
-  }
-  TORCH_CHECK_VALUE(q.sizes() == k.sizes(), "msa_fast.ops.info_nce: q and k must have the same shape, got ", q.sizes(),
-                    " and ", k.sizes());
-  TORCH_CHECK_TYPE(q.scalar_type() == k.scalar_type(), "msa_fast.ops.info_nce: q and k must share a dtype, got ",
-                   q.scalar_type(), " and ", k.scalar_type());
-  TORCH_CHECK_VALUE(q.device() == k.device(), "msa_fast.ops.info_nce: q is on ", q.device(), " but k is on ",
-                    k.device());
-  TORCH_CHECK_VALUE(temperature > 0, "msa_fast.ops.info_nce: temperature must be > 0, got ", temperature);
-}
-
 struct Prepared {
   pairwise::Normalized q, k;
   at::Tensor pos_dot;  // [N] q̂_i·k̂_i ('queries' only)
@@ -117,7 +100,7 @@ Prepared prepare(const at::Tensor& q, const at::Tensor& k, bool negatives_querie
 
 std::tuple<at::Tensor, at::Tensor> info_nce_rows_cpu(const at::Tensor& q, const at::Tensor& k, double temperature,
                                                      bool negatives_queries, bool normalize) {
-  check_inputs(q, k, temperature);
+  contrastive::check_info_nce(q, k, temperature);
   const at::ScalarType ct = compute_type(q);
   const Prepared pr = prepare(q, k, negatives_queries, normalize);
   const int64_t N = q.size(0);
@@ -161,11 +144,9 @@ std::tuple<at::Tensor, at::Tensor> info_nce_rows_backward_cpu(const at::Tensor& 
                                                               const at::Tensor& k, const at::Tensor& lse_in,
                                                               double temperature, bool negatives_queries,
                                                               bool normalize) {
-  check_inputs(q, k, temperature);
+  contrastive::check_info_nce(q, k, temperature);
   const int64_t N = q.size(0);
-  for (const at::Tensor* t : {&grad_rows, &lse_in})
-    TORCH_CHECK_VALUE(t->numel() == N, "msa_fast.ops.info_nce backward: per-row tensors must have N = ", N,
-                      " entries, got shape ", t->sizes());
+  contrastive::check_rows(contrastive::kInfoNceOp, {{"grad_rows", &grad_rows}, {"lse", &lse_in}}, N, "N", q);
   const at::ScalarType ct = compute_type(q);
   const Prepared pr = prepare(q, k, negatives_queries, normalize);
   const at::Tensor g = grad_rows.to(ct).contiguous(), lse = lse_in.to(ct).contiguous();

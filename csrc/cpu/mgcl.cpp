@@ -36,6 +36,7 @@
 
 #include <string>
 
+#include "common/contrastive_args.h"
 #include "cpu/pairwise.h"
 
 namespace msa_fast {
@@ -56,16 +57,10 @@ constexpr int kLanes = 16;
 // beat 2–8 MiB at B = 2048, d = 128), bounded so memory stays O(B·d) plus a fixed slab per thread.
 constexpr int64_t kSlabBytes = int64_t(16) << 20;
 
-enum WeightKind : int { kMgcl = 0, kClgsi = 1, kNone = 2 };
-
-WeightKind parse_weight(c10::string_view value, const char* name) {
-  const std::string s(value);
-  if (s == "mgcl") return kMgcl;
-  if (s == "clgsi") return kClgsi;
-  if (s == "none") return kNone;
-  TORCH_CHECK_VALUE(false, kOp, ": ", name, " must be one of ('mgcl', 'clgsi', 'none'), got '", s, "'");
-  return kNone;
-}
+using WeightKind = contrastive::MgclWeight;
+using contrastive::kClgsi;
+using contrastive::kMgcl;
+using contrastive::kNone;
 
 struct Params {
   float delta;      // float32(δ)
@@ -82,13 +77,11 @@ struct Params {
 // Pass 1 over one row: pos[j] = 1 if E_ij ≤ δ (NaN → 0), and the tanh argument of the pair's weight.
 MSA_INLINE void label_args_impl(const float* __restrict__ yt, int64_t B, float yi, float delta, int pos_kind,
                             float* __restrict__ arg, float* __restrict__ pos) {
-  const float two_delta = 2.0f * delta;
   for (int64_t j = 0; j < B; ++j) {
     const float E = std::fabs(yi - yt[j]);
-    const bool p = E <= delta;
+    const bool p = contrastive::mgcl_positive(E, delta);
     pos[j] = p ? 1.0f : 0.0f;
-    const float pa = pos_kind == kMgcl ? E - delta : two_delta - E;  // tanh(E − δ) or tanh(2δ − E)
-    arg[j] = p ? pa : E;                                               // negatives: tanh(E)
+    arg[j] = contrastive::mgcl_tanh_arg(E, p, delta, pos_kind);  // tanh(E − δ) / tanh(2δ − E); negatives tanh(E)
   }
 }
 MSA_VECTOR_CLONES void label_args(const float* yt, int64_t B, float yi, float delta, int pos_kind, float* arg,
@@ -99,12 +92,7 @@ MSA_VECTOR_CLONES void label_args(const float* yt, int64_t B, float yi, float de
 // Pass 2 (after tanh): the weight W⁺ or W⁻ in place of t = tanh(arg).
 MSA_INLINE void label_weights_impl(float* __restrict__ w, const float* __restrict__ pos, int64_t B, int pos_kind, int neg_kind, float g,
                                float g08) {
-  for (int64_t j = 0; j < B; ++j) {
-    const float t = w[j];
-    const float wp = pos_kind == kMgcl ? g * std::fabs(t) : (pos_kind == kClgsi ? g * t : 1.0f);
-    const float wn = neg_kind == kMgcl ? g * std::fabs(t) : (neg_kind == kClgsi ? g08 * std::fabs(t) : 1.0f);
-    w[j] = pos[j] != 0.0f ? wp : wn;
-  }
+  for (int64_t j = 0; j < B; ++j) w[j] = contrastive::mgcl_weight(w[j], pos[j] != 0.0f, pos_kind, neg_kind, g, g08);
 }
 MSA_VECTOR_CLONES void label_weights(float* w, const float* pos, int64_t B, int pos_kind, int neg_kind, float g,
                                      float g08) {
@@ -124,7 +112,7 @@ void label_block(const float* yt, int64_t B, int64_t i0, int64_t n, const Params
       float* pr = pos + r * B;
       label_args(yt, B, yt[i], p.delta, pk, wr, pr);
       pr[i] = 1.0f;
-      wr[i] = pk == kMgcl ? 0.0f - p.delta : 2.0f * p.delta - 0.0f;
+      wr[i] = contrastive::mgcl_tanh_arg(0.0f, true, p.delta, pk);
     }
   });
   if (p.pos != kNone || p.neg != kNone) {
@@ -209,8 +197,7 @@ MSA_INLINE void seg_grad(T* __restrict__ s, const float* __restrict__ w, const f
     const bool p = pos[j] != 0.0f;
     const T wj = T(w[j]);
     const T lam = wj * s[j] * inv_tau;  // exactly the forward's λ
-    const T ex = fast_exp(lam - (p ? lse_pos : lse_all));
-    const T ds = (p ? a_pos : g_all) * ex * (wj * inv_tau);
+    const T ds = contrastive::mgcl_pair_grad(lam, p, wj, inv_tau, lse_pos, lse_all, a_pos, g_all);
     s[j] = kMicro ? (p ? T(0) : ds) : ds;
   }
 }
@@ -321,8 +308,9 @@ inline void forward_row(T* row, const float* w, const float* pos, int64_t B, int
   }
   sum_pos += fast_exp(lam_d - m_pos);
   lse_pos = m_pos + std::log(sum_pos);
-  // Positives were shifted by m_pos ≤ m_all: rescale them into the all-set sum.
-  lse_all = m_all + std::log(sum_neg + sum_pos * std::exp(m_pos - m_all));
+  // Positives were shifted by m_pos ≤ m_all: merge them into the all-set sum.
+  contrastive::lse_merge(m_all, sum_neg, m_pos, sum_pos);
+  lse_all = m_all + std::log(sum_neg);
 }
 
 // Backward epilogue: dS (gradient w.r.t. the raw similarity) in place of the slab row.
@@ -330,10 +318,10 @@ template <typename T>
 inline void backward_row(T* row, const float* w, const float* pos, int64_t B, int v, int64_t i, bool ordered6,
                          T inv_tau, T g_pos, T g_all, T lse_pos, T lse_all) {
   const RowPlan plan = plan_row(v, i, B, ordered6);
-  const T a_pos = g_all * std::exp(lse_pos - lse_all) + g_pos;
+  const T a_pos = contrastive::mgcl_pos_coef(g_pos, g_all, lse_pos, lse_all);
   const T wd = T(w[i]);
   const T lam_d = wd * row[3 * B + i] * inv_tau;
-  const T ds_d = a_pos * fast_exp(lam_d - lse_pos) * (wd * inv_tau);
+  const T ds_d = contrastive::mgcl_pair_grad(lam_d, true, wd, inv_tau, lse_pos, lse_all, a_pos, g_all);
   for (int k = 0; k < plan.count; ++k) {
     const int64_t c = plan.ranges[k][0];
     Loops<T>::grad(c == 3, row + c * B, w, pos, plan.ranges[k][1], plan.ranges[k][2], inv_tau, lse_pos, lse_all,
@@ -346,34 +334,6 @@ inline void backward_row(T* row, const float* w, const float* pos, int64_t B, in
 // ------------------------------------------------------------------------------------------------
 // Checks and shared setup.
 
-void check_inputs(const at::Tensor& macro, const at::Tensor& micro, const at::Tensor& y, double delta, double tau,
-                  double label_scale, double gain) {
-  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"macro", macro}, {"micro", micro}}) {
-    TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble || t.scalar_type() == at::kHalf ||
-                         t.scalar_type() == at::kBFloat16,
-                     kOp, ": ", name, " must be fp32/fp16/bf16/fp64, got ", t.scalar_type());
-    TORCH_CHECK_VALUE(t.dim() == 2, kOp, ": ", name, " must be [3B, d] (the three views stacked), got shape ",
-                      t.sizes());
-    TORCH_CHECK_VALUE(t.numel() > 0, kOp, ": ", name, " is empty (shape ", t.sizes(), ")");
-    TORCH_CHECK_VALUE(t.size(0) % 3 == 0, kOp, ": ", name, " must stack three views of B rows ([3B, d]), got shape ",
-                      t.sizes());
-    TORCH_CHECK_VALUE(t.device().is_cpu(), kOp, ": ", name, " must be a CPU tensor here, got ", t.device());
-  }
-  TORCH_CHECK_VALUE(macro.sizes() == micro.sizes(), kOp, ": macro and micro must have the same shape, got ",
-                    macro.sizes(), " and ", micro.sizes());
-  TORCH_CHECK_TYPE(macro.scalar_type() == micro.scalar_type(), kOp, ": macro and micro must share a dtype, got ",
-                   macro.scalar_type(), " and ", micro.scalar_type());
-  const int64_t B = macro.size(0) / 3;
-  TORCH_CHECK_TYPE(!y.is_complex() && (y.is_floating_point() || at::isIntegralType(y.scalar_type(), /*includeBool=*/true)),
-                   kOp, ": y must be a real tensor, got ", y.scalar_type());
-  TORCH_CHECK_VALUE(y.dim() == 1 && y.size(0) == B, kOp, ": y must be [B] = [", B, "], got shape ", y.sizes());
-  TORCH_CHECK_VALUE(y.device() == macro.device(), kOp, ": y is on ", y.device(), " but the features are on ",
-                    macro.device());
-  TORCH_CHECK_VALUE(tau > 0, kOp, ": tau must be > 0, got ", tau);
-  TORCH_CHECK_VALUE(label_scale > 0, kOp, ": label_scale must be > 0, got ", label_scale);
-  TORCH_CHECK_VALUE(!std::isnan(delta) && !std::isnan(gain), kOp, ": delta and gain must not be NaN");
-}
-
 struct Setup {
   int64_t B, bs;
   Params p;
@@ -385,12 +345,14 @@ struct Setup {
 Setup make_setup(const at::Tensor& macro, const at::Tensor& micro, const at::Tensor& y, double delta, double tau,
                  double label_scale, c10::string_view pos_weight, c10::string_view neg_weight, double gain,
                  bool ordered6, bool normalize) {
-  check_inputs(macro, micro, y, delta, tau, label_scale, gain);
   Setup st;
-  st.B = macro.size(0) / 3;
+  st.B = contrastive::check_mgcl(macro, micro, y, delta, tau, label_scale, gain);
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"macro", macro}, {"micro", micro}})
+    TORCH_CHECK_VALUE(t.device().is_cpu(), kOp, ": ", name, " must be a CPU tensor here, got ", t.device());
   const float g = static_cast<float>(gain);
-  st.p = Params{static_cast<float>(delta), g, 0.8f * g, tau, parse_weight(pos_weight, "pos_weight"),
-                parse_weight(neg_weight, "neg_weight"), ordered6};
+  st.p = Params{static_cast<float>(delta), g, 0.8f * g, tau,
+                contrastive::parse_mgcl_weight(std::string(pos_weight), "pos_weight"),
+                contrastive::parse_mgcl_weight(std::string(neg_weight), "neg_weight"), ordered6};
   const at::ScalarType ct = compute_type(macro);
   st.nm = pairwise::normalize_rows(macro, ct, normalize);
   st.ni = pairwise::normalize_rows(micro, ct, normalize);
@@ -482,15 +444,11 @@ std::tuple<at::Tensor, at::Tensor> mgcl_rows_backward_cpu(const at::Tensor& grad
                                                           bool normalize) {
   Setup st = make_setup(macro, micro, y, delta, tau, label_scale, pos_weight, neg_weight, gain, ordered6, normalize);
   const int64_t B = st.B, bs = st.bs, nblk = (B + bs - 1) / bs, d = macro.size(1);
-  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"grad_lse_pos", grad_lse_pos},
-                                {"grad_lse_all", grad_lse_all},
-                                {"lse_pos", lse_pos},
-                                {"lse_all", lse_all}}) {
-    TORCH_CHECK_VALUE(t.numel() == 3 * B, kOp, " backward: ", name, " must have 3B = ", 3 * B,
-                      " entries (one per macro row), got shape ", t.sizes());
-    TORCH_CHECK_VALUE(t.device() == macro.device(), kOp, " backward: ", name, " is on ", t.device(),
-                      " but the features are on ", macro.device());
-  }
+  contrastive::check_mgcl_grad({{"grad_lse_pos", &grad_lse_pos},
+                                {"grad_lse_all", &grad_lse_all},
+                                {"lse_pos", &lse_pos},
+                                {"lse_all", &lse_all}},
+                               B, macro);
   const at::ScalarType ct = compute_type(macro);
   const auto opts = macro.options().dtype(ct);
   // Statistics in the compute dtype (fp64 stays fp64 for gradcheck).

@@ -18,6 +18,8 @@
 #include <cstring>
 #include <limits>
 
+#include "common/contrastive.h"
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__CUDACC__)
 #define MSA_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2,fma", "default")))
 #else
@@ -35,37 +37,11 @@
 namespace msa_fast {
 namespace pairwise {
 
-constexpr float kNormEps = 1e-12f;  // n(x) = x / max(‖x‖, 1e-12), ops.md preamble
+using contrastive::kNormEps;  // n(x) = x / max(‖x‖, 1e-12), ops.md preamble
 constexpr int64_t kSlabBytes = int64_t(4) << 20;
 
-// exp(x) for float, branch-free so loops over it vectorise: Cody–Waite reduction x = k·ln2 + r and
-// the Cephes degree-6 polynomial for e^r (max relative error ≈ 2 ulp); exact 0 below −87.3 and +inf
-// above 88.7; NaN propagates.
-MSA_ALWAYS_INLINE float fast_exp(float x) {
-  const float clamped = std::min(std::max(x, -87.33654f), 88.72283f);
-  // Round to nearest with the 1.5·2²³ trick (vectorises everywhere, unlike nearbyint's libm call).
-  const float k = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = clamped - k * 0.693359375f;
-  r = r - k * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  int32_t bits;
-  const int32_t e = static_cast<int32_t>(k) + 127;
-  bits = e << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  float result = p * scale;
-  result = x < -87.33654f ? 0.0f : result;
-  result = x > 88.72283f ? std::numeric_limits<float>::infinity() : result;
-  return x != x ? x : result;
-}
-
-MSA_ALWAYS_INLINE double fast_exp(double x) { return std::exp(x); }
+// The branch-free exp of the epilogues (fp64: std::exp), shared with the CUDA kernels.
+using contrastive::fast_exp;
 
 // Rows of a block such that the BM × M slab stays within kSlabBytes (at least 8 rows, at most rows).
 inline int64_t block_rows(int64_t rows, int64_t cols, int64_t elem_bytes) {

@@ -11,6 +11,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "common/contrastive_args.h"
 #include "cpu/pairwise.h"
 
 namespace msa_fast {
@@ -19,6 +20,7 @@ namespace {
 using pairwise::compute_type;
 
 using pairwise::fast_exp;
+using contrastive::same_label;
 
 template <typename T>
 struct RowInput {
@@ -37,7 +39,7 @@ MSA_ALWAYS_INLINE void row_max(const RowInput<T>& r, T& m_all, T& m_pos) {
   for (int64_t j = r.begin; j < r.end; ++j) {
     const T v = r.s[j];
     ma = v > ma ? v : ma;
-    mp = (r.lab[j] == r.label && v > mp) ? v : mp;
+    mp = (same_label(r.lab[j], r.label) && v > mp) ? v : mp;
   }
   m_all = ma;
   m_pos = mp;
@@ -51,7 +53,7 @@ MSA_ALWAYS_INLINE void row_sums(const RowInput<T>& r, T m_all, T m_pos, T inv_ta
 #pragma omp simd reduction(+ : sa, ss, np, se)
   for (int64_t j = r.begin; j < r.end; ++j) {
     const T v = r.s[j];
-    const bool pos = r.lab[j] == r.label;
+    const bool pos = same_label(r.lab[j], r.label);
     sa += fast_exp((v - m_all) * inv_tau);
     ss += pos ? v : T(0);
     np += pos ? T(1) : T(0);
@@ -68,11 +70,7 @@ template <typename T, bool kIn>
 MSA_ALWAYS_INLINE void row_grad(T* s, const int32_t* lab, int32_t label, int64_t begin, int64_t end, T g, T inv_tau, T lse,
                      T pos_stat, T inv_n) {
   for (int64_t j = begin; j < end; ++j) {
-    const T logit = s[j] * inv_tau;
-    const bool pos = lab[j] == label;
-    const T p = fast_exp(logit - lse);
-    const T target = kIn ? (pos ? fast_exp(logit - pos_stat) : T(0)) : (pos ? inv_n : T(0));
-    s[j] = g * (p - target);
+    s[j] = contrastive::supcon_pair_grad<T, kIn>(s[j] * inv_tau, same_label(lab[j], label), g, lse, pos_stat, inv_n);
   }
 }
 
@@ -120,20 +118,6 @@ struct Loops<float> {
   }
 };
 
-void check_inputs(const at::Tensor& z, const at::Tensor& labels, double temperature) {
-  TORCH_CHECK_TYPE(at::isFloatingType(z.scalar_type()) && z.scalar_type() != at::kFloat8_e4m3fn,
-                   "msa_fast.ops.supcon_loss: z must be fp32/fp16/bf16/fp64, got ", z.scalar_type());
-  TORCH_CHECK_VALUE(z.dim() == 2, "msa_fast.ops.supcon_loss: z must be [N, D], got shape ", z.sizes());
-  TORCH_CHECK_VALUE(z.numel() > 0, "msa_fast.ops.supcon_loss: z is empty (shape ", z.sizes(), ")");
-  TORCH_CHECK_TYPE(labels.scalar_type() == at::kLong, "msa_fast.ops.supcon_loss: labels must be int64 here, got ",
-                   labels.scalar_type());
-  TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == z.size(0), "msa_fast.ops.supcon_loss: labels must be [N] = [",
-                    z.size(0), "], got shape ", labels.sizes());
-  TORCH_CHECK_VALUE(labels.device() == z.device(), "msa_fast.ops.supcon_loss: labels is on ", labels.device(),
-                    " but z is on ", z.device());
-  TORCH_CHECK_VALUE(temperature > 0, "msa_fast.ops.supcon_loss: temperature must be > 0, got ", temperature);
-}
-
 // Labels are compared by equality only: dense int32 ids keep the label lanes as wide as the float lanes,
 // so the epilogue loops vectorise fully.
 at::Tensor dense_label_ids(const at::Tensor& labels) {
@@ -143,7 +127,7 @@ at::Tensor dense_label_ids(const at::Tensor& labels) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> supcon_rows_cpu(const at::Tensor& z, const at::Tensor& labels_in,
                                                                            double temperature, bool variant_in,
                                                                            bool normalize) {
-  check_inputs(z, labels_in, temperature);
+  contrastive::check_supcon(z, labels_in, temperature);
   const at::ScalarType ct = compute_type(z);
   const pairwise::Normalized n = pairwise::normalize_rows(z, ct, normalize);
   const at::Tensor labels = dense_label_ids(labels_in);
@@ -177,8 +161,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> supcon_rows_cpu(const
           Loops<T>::sums(variant_in, right, m_all, m_pos, inv_tau, sum_all, sum_pos_s, count, sum_pos_exp);
           const T lse = m_all * inv_tau + std::log(sum_all);
           const T stat = variant_in ? m_pos * inv_tau + std::log(sum_pos_exp) : sum_pos_s * inv_tau;
-          const T l = count > 0 ? (variant_in ? lse - stat : lse - stat / count) : T(0);
-          loss.data_ptr<T>()[i] = l;
+          loss.data_ptr<T>()[i] = contrastive::supcon_row_loss(lse, stat, count, variant_in);
           lse_all.data_ptr<T>()[i] = lse;
           pos_stat.data_ptr<T>()[i] = stat;
           n_pos.data_ptr<T>()[i] = count;
@@ -192,11 +175,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> supcon_rows_cpu(const
 at::Tensor supcon_rows_backward_cpu(const at::Tensor& grad_rows, const at::Tensor& z, const at::Tensor& labels_in,
                                     const at::Tensor& lse_all, const at::Tensor& pos_stat, const at::Tensor& n_pos,
                                     double temperature, bool variant_in, bool normalize) {
-  check_inputs(z, labels_in, temperature);
+  contrastive::check_supcon(z, labels_in, temperature);
   const int64_t N = z.size(0);
-  for (const at::Tensor* t : {&grad_rows, &lse_all, &pos_stat, &n_pos})
-    TORCH_CHECK_VALUE(t->numel() == N, "msa_fast.ops.supcon_loss backward: per-row tensors must have N = ", N,
-                      " entries, got shape ", t->sizes());
+  contrastive::check_rows(contrastive::kSupconOp,
+                          {{"grad_rows", &grad_rows}, {"lse_all", &lse_all}, {"pos_stat", &pos_stat}, {"n_pos", &n_pos}},
+                          N, "N", z);
   const at::ScalarType ct = compute_type(z);
   const pairwise::Normalized n = pairwise::normalize_rows(z, ct, normalize);
   const at::Tensor labels = dense_label_ids(labels_in);
@@ -222,7 +205,7 @@ at::Tensor supcon_rows_backward_cpu(const at::Tensor& grad_rows, const at::Tenso
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t i = i0 + r;
           T* row = sp + r * N;
-          if (cp[i] == T(0) || gp[i] == T(0)) {  // ℓ_i is constant 0 here, or no upstream weight
+          if (!contrastive::supcon_row_active(gp[i], cp[i])) {  // ℓ_i is constant 0 here, or no upstream weight
             std::fill(row, row + N, T(0));
             continue;
           }

@@ -15,6 +15,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "common/contrastive_args.h"
 #include "cpu/pairwise.h"
 
 namespace msa_fast {
@@ -30,10 +31,7 @@ using pairwise::fast_exp;
 template <typename T>
 inline void row_logits(T* s, const T* c, int64_t n, T a, T neg_kappa) {
 #pragma omp simd
-  for (int64_t j = 0; j < n; ++j) {
-    const T d2 = a + c[j] - T(2) * s[j];
-    s[j] = neg_kappa * (d2 < T(0) ? T(0) : d2);
-  }
+  for (int64_t j = 0; j < n; ++j) s[j] = contrastive::uniform_logit(a, c[j], s[j], neg_kappa);
 }
 
 // max_j s_j over the NaN-free entries (−inf if none).
@@ -60,8 +58,7 @@ inline T row_weights(T* s, const T* c, int64_t b, int64_t e, T a, T neg_kappa, T
   const T scale = neg_kappa * g;
 #pragma omp simd reduction(+ : acc)
   for (int64_t j = b; j < e; ++j) {
-    const T d2 = a + c[j] - T(2) * s[j];
-    const T v = neg_kappa * (d2 < T(0) ? T(0) : d2);
+    const T v = contrastive::uniform_logit(a, c[j], s[j], neg_kappa);
     const T w = scale * fast_exp(v - lse);
     s[j] = w;
     acc += w;
@@ -98,26 +95,6 @@ struct Loops<float> {
   }
 };
 
-void check_inputs(const at::Tensor& p, const at::Tensor& g, double kappa) {
-  for (const auto* t : {&p, &g}) {
-    const char* name = t == &p ? "p" : "g";
-    TORCH_CHECK_TYPE(t->scalar_type() == at::kFloat || t->scalar_type() == at::kDouble ||
-                         t->scalar_type() == at::kHalf || t->scalar_type() == at::kBFloat16,
-                     "msa_fast.ops.uniform_loss: ", name, " must be fp32/fp16/bf16/fp64, got ", t->scalar_type());
-    TORCH_CHECK_VALUE(t->dim() == 2, "msa_fast.ops.uniform_loss: ", name, " must be [n, D], got shape ", t->sizes());
-    TORCH_CHECK_VALUE(t->numel() > 0, "msa_fast.ops.uniform_loss: ", name, " is empty (shape ", t->sizes(), ")");
-  }
-  TORCH_CHECK_VALUE(p.sizes() == g.sizes(), "msa_fast.ops.uniform_loss: p and g must have the same shape, got ",
-                    p.sizes(), " and ", g.sizes());
-  TORCH_CHECK_TYPE(p.scalar_type() == g.scalar_type(), "msa_fast.ops.uniform_loss: p and g must share a dtype, got ",
-                   p.scalar_type(), " and ", g.scalar_type());
-  TORCH_CHECK_VALUE(p.device() == g.device(), "msa_fast.ops.uniform_loss: p is on ", p.device(), " but g is on ",
-                    g.device());
-  TORCH_CHECK_VALUE(p.size(0) >= 2, "msa_fast.ops.uniform_loss: needs n >= 2 rows (the mean runs over pairs i != j), "
-                    "got p of shape ", p.sizes());
-  TORCH_CHECK_VALUE(kappa >= 0, "msa_fast.ops.uniform_loss: kappa must be >= 0, got ", kappa);
-}
-
 struct Prepared {
   pairwise::Normalized p, g;
   at::Tensor p_sq, g_sq;  // [n] ‖p̂_i‖², ‖ĝ_j‖²
@@ -135,7 +112,7 @@ Prepared prepare(const at::Tensor& p, const at::Tensor& g, bool normalize) {
 }
 
 at::Tensor uniform_rows_cpu(const at::Tensor& p, const at::Tensor& g, double kappa, bool normalize) {
-  check_inputs(p, g, kappa);
+  contrastive::check_uniform(p, g, kappa);
   const at::ScalarType ct = compute_type(p);
   const Prepared pr = prepare(p, g, normalize);
   const int64_t n = p.size(0);
@@ -174,11 +151,9 @@ at::Tensor uniform_rows_cpu(const at::Tensor& p, const at::Tensor& g, double kap
 std::tuple<at::Tensor, at::Tensor> uniform_rows_backward_cpu(const at::Tensor& grad_rows, const at::Tensor& p,
                                                              const at::Tensor& g, const at::Tensor& lse_in, double kappa,
                                                              bool normalize) {
-  check_inputs(p, g, kappa);
+  contrastive::check_uniform(p, g, kappa);
   const int64_t n = p.size(0);
-  for (const at::Tensor* t : {&grad_rows, &lse_in})
-    TORCH_CHECK_VALUE(t->numel() == n, "msa_fast.ops.uniform_loss backward: per-row tensors must have n = ", n,
-                      " entries, got shape ", t->sizes());
+  contrastive::check_rows(contrastive::kUniformOp, {{"grad_rows", &grad_rows}, {"lse_rows", &lse_in}}, n, "n", p);
   const at::ScalarType ct = compute_type(p);
   const Prepared pr = prepare(p, g, normalize);
   const at::Tensor gr = grad_rows.to(ct).contiguous(), lse = lse_in.to(ct).contiguous();
