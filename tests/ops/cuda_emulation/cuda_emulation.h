@@ -35,37 +35,38 @@ inline thread_local std::barrier<>* tl_barrier = nullptr;
 
 inline void syncthreads() { tl_barrier->arrive_and_wait(); }
 
-// Runs fn() as every thread of every block of the grid.
+// Runs fn() as every thread of every block of the grid. The block's threads are created once per launch
+// and step through the blocks together (a barrier between blocks), so a kernel must not call
+// __syncthreads() after some of its threads returned (undefined behaviour on a GPU as well).
 inline void launch(dim3 grid, dim3 block, const std::function<void()>& fn) {
   const unsigned nthreads = block.x * block.y * block.z;
-  for (unsigned bz = 0; bz < grid.z; ++bz)
-    for (unsigned by = 0; by < grid.y; ++by)
-      for (unsigned bx = 0; bx < grid.x; ++bx) {
-        std::barrier<> bar(static_cast<std::ptrdiff_t>(nthreads));
-        std::vector<std::thread> threads;
-        std::exception_ptr error;
-        std::mutex error_mutex;
-        threads.reserve(nthreads);
-        for (unsigned t = 0; t < nthreads; ++t) {
-          threads.emplace_back([&, t] {
-            tl_thread_idx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+  std::barrier<> bar(static_cast<std::ptrdiff_t>(nthreads));
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  std::vector<std::thread> threads;
+  threads.reserve(nthreads);
+  for (unsigned t = 0; t < nthreads; ++t) {
+    threads.emplace_back([&, t] {
+      tl_thread_idx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+      tl_block_dim = block;
+      tl_grid_dim = grid;
+      tl_barrier = &bar;
+      for (unsigned bz = 0; bz < grid.z; ++bz)
+        for (unsigned by = 0; by < grid.y; ++by)
+          for (unsigned bx = 0; bx < grid.x; ++bx) {
             tl_block_idx = dim3(bx, by, bz);
-            tl_block_dim = block;
-            tl_grid_dim = grid;
-            tl_barrier = &bar;
             try {
               fn();
             } catch (...) {
               std::lock_guard<std::mutex> lock(error_mutex);
               if (!error) error = std::current_exception();
             }
-            // A thread that returned early still takes part in the barriers of the others.
-            bar.arrive_and_drop();
-          });
-        }
-        for (auto& th : threads) th.join();
-        if (error) std::rethrow_exception(error);
-      }
+            bar.arrive_and_wait();  // the block is done: shared memory may be reused by the next one
+          }
+    });
+  }
+  for (auto& th : threads) th.join();
+  if (error) std::rethrow_exception(error);
 }
 
 }  // namespace msa_emu
