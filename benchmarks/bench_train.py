@@ -106,10 +106,9 @@ PROVIDERS = {
     "compiled_fused": dict(compile=True, backend="auto"),
 }
 BASELINE, FUSED = "eager_reference", "compiled_fused"
-#: MGCL's architecture keys taken from PRESETS['quick']['mgcl'] with --mgcl-preset quick (this copy is
-#: used only if msa_fast.models.configs has no PRESETS).
+#: MGCL's architecture keys taken from PRESETS['quick']['mgcl'] with --mgcl-preset quick (its other
+#: keys — epochs, lr, compile=False, cached text features — are the quick training run's, not ours).
 MGCL_ARCH_KEYS = ("av_dim", "av_heads", "av_ffn", "av_layers")
-_QUICK_FALLBACK = dict(av_dim=128, av_heads=4, av_ffn=512, av_layers=1)
 #: The contrastive method of each model (wrapped on the eager provider to time the op inside a step).
 _CONTRASTIVE = {"hycon": ("contrastive_terms", ("x_l", "x_a", "x_v")),
                 "mgcl": ("contrastive", ("T_a", "V_a", "A_a", "T_i", "V_i", "A_i"))}
@@ -124,10 +123,9 @@ PHASE_ORDER = ("data", "encoders", "losses", "contrastive_fwd", "forward_loss", 
 def mgcl_preset_keys(preset: str) -> dict:
     if preset == "paper":
         return {}
-    from msa_fast.models import configs
+    from msa_fast.models.configs import preset_config
 
-    presets = getattr(configs, "PRESETS", None)
-    quick = (presets or {}).get("quick", {}).get("mgcl") or _QUICK_FALLBACK
+    quick = preset_config("quick", "mgcl")
     return {k: quick[k] for k in MGCL_ARCH_KEYS if k in quick}
 
 
