@@ -22,10 +22,7 @@
 // copy). The slab is rebuilt, G written into it, then dU[i0:i1] += G U[i0:N] and
 // dU[i1:N] += G[:, i1:N]ᵀ U[i0:i1] (G is symmetric): 1.5 full GEMMs in all instead of 3, then back
 // through n(·).
-// Blocks go round-robin to T = at::get_num_threads() work items, each with its own slab (single-
-// threaded GEMMs, so a slab is made and consumed on one core) and its own column sums / dU, summed in
-// a fixed order at the end. The partition depends only on N and T (small N is split so that every
-// thread gets a block), so results are deterministic for a given thread count; no atomics.
+// Blocks, work items and their reduction: pairwise::triangular_blocking (pairwise.h).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -40,12 +37,7 @@ namespace {
 
 using pairwise::compute_type;
 
-
 constexpr int64_t kStats = contrastive::kHyconStats;
-// Slab per thread: small enough to stay in a core's L2 between the GEMM that writes it and the epilogue
-// (and the backward GEMM) that read it.
-constexpr int64_t kSlabBytesPerThread = int64_t(8) << 20;
-
 using Transform = contrastive::HyconTransform;
 using contrastive::kCos;
 using contrastive::kCos01;
@@ -192,38 +184,9 @@ at::Tensor dense_classes(const at::Tensor& classes) {
   return rank.masked_fill_(c == -1, -1).to(at::kInt).contiguous();
 }
 
-// Rows per block: a slab of about kSlabBytesPerThread (at least 64 rows, for GEMM efficiency), but no
-// more than an even share of the rows per thread, so that mid-sized N still uses every core.
-int64_t slab_rows(int64_t n, int64_t elem_bytes) {
-  const int64_t by_bytes = std::max<int64_t>(64, kSlabBytesPerThread / std::max<int64_t>(n * elem_bytes, 1));
-  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  const int64_t share = (n + threads - 1) / threads;
-  return std::max<int64_t>(1, std::min({n, by_bytes, (share + 15) / 16 * 16}));
-}
-
-// Calls fn(b, e) on [begin, end) without the index `skip` (the anchor's own sample).
-template <typename Fn>
-inline void around(int64_t begin, int64_t end, int64_t skip, Fn&& fn) {
-  if (skip < begin || skip >= end) {
-    if (begin < end) fn(begin, end);
-    return;
-  }
-  if (begin < skip) fn(begin, skip);
-  if (skip + 1 < end) fn(skip + 1, end);
-}
-
-// Triangular blocking: block b holds rows [i0, i1) and its slab only the columns [i0, N) (the upper
-// triangle plus the diagonal block; s is symmetric). Blocks go round-robin to T work items (T = the
-// thread count), each with its own slab and accumulators, reduced in a fixed order afterwards.
-struct Blocking {
-  int64_t N, bm, blocks, items;
-};
-
-Blocking blocking(int64_t N, int64_t elem_bytes) {
-  const int64_t bm = slab_rows(N, elem_bytes);
-  const int64_t blocks = (N + bm - 1) / bm;
-  return {N, bm, blocks, std::min<int64_t>(blocks, std::max<int64_t>(1, at::get_num_threads()))};
-}
+using pairwise::around;
+using pairwise::Blocking;
+using pairwise::triangular_blocking;
 
 at::Tensor hycon_rows_cpu(const at::Tensor& x, const at::Tensor& classes, double alpha, c10::string_view transform_sv,
                           double tau) {
@@ -233,7 +196,7 @@ at::Tensor hycon_rows_cpu(const at::Tensor& x, const at::Tensor& classes, double
   const at::Tensor cls_t = dense_classes(classes);
   const int64_t K = a.K, N = 3 * K;
   at::Tensor stats = at::empty({N, kStats}, x.options().dtype(ct));
-  const Blocking bl = blocking(N, at::elementSize(ct));
+  const Blocking bl = triangular_blocking(N, at::elementSize(ct));
   // Sums of the anchors in the columns (pairs (c, r) with c ≥ i1 seen from the transposed side), per
   // work item: [items, 7, N], statistic-major so that the column loops stream them.
   at::Tensor col_acc = at::zeros({bl.items, kStats, N}, n.u.options());
@@ -312,7 +275,7 @@ at::Tensor hycon_rows_backward_cpu(const at::Tensor& grad_stats, const at::Tenso
   // per statistic so the epilogue streams them).
   const at::Tensor g = grad_stats.to(ct).contiguous();
   const at::Tensor gt = g.t().contiguous();
-  const Blocking bl = blocking(N, at::elementSize(ct));
+  const Blocking bl = triangular_blocking(N, at::elementSize(ct));
   // dU per work item (the transposed GEMM of a block writes the rows of later blocks), summed after.
   at::Tensor du_items = at::zeros({bl.items, N, n.u.size(1)}, n.u.options());
   AT_DISPATCH_FLOATING_TYPES(ct, "msa_fast_hycon_rows_backward_cpu", [&] {

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
@@ -81,6 +82,50 @@ inline at::Tensor normalize_backward(const at::Tensor& du, const Normalized& n) 
   if (!n.inv_norm.defined()) return du;
   at::Tensor dot = (n.u * du).sum(1, /*keepdim=*/true);
   return (du - n.u * dot) * n.inv_norm.unsqueeze(1);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Triangular blocking for symmetric losses (s = U Uᵀ with symmetric pair relations: hycon, supcon):
+// block b holds rows [i0, i1) and its slab only the columns [i0, N) (the upper triangle plus the
+// diagonal block). A row's statistics = its own slab row (columns ≥ i0) + what the earlier blocks
+// accumulated for it on their column side; backward needs 1.5 full GEMMs instead of 3 since
+// dU[i0:i1] += G[:, i0:N] U[i0:N] and dU[i1:N] += G[:, i1:N]ᵀ U[i0:i1]. Blocks go round-robin to
+// T = at::get_num_threads() work items, each with its own slab (single-threaded GEMMs, so a slab is
+// made and consumed on one core) and its own column sums / dU, summed in a fixed order at the end: the
+// partition depends only on N and T, so results are deterministic for a given thread count; no atomics.
+
+// Slab per thread: small enough to stay near the core between the GEMM that writes it and the epilogue
+// (and the backward GEMM) that read it.
+constexpr int64_t kSlabBytesPerThread = int64_t(8) << 20;
+
+// Rows per block: a slab of about kSlabBytesPerThread (at least 64 rows, for GEMM efficiency), but no
+// more than an even share of the rows per thread, so that mid-sized N still uses every core.
+inline int64_t slab_rows(int64_t n, int64_t elem_bytes) {
+  const int64_t by_bytes = std::max<int64_t>(64, kSlabBytesPerThread / std::max<int64_t>(n * elem_bytes, 1));
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t share = (n + threads - 1) / threads;
+  return std::max<int64_t>(1, std::min({n, by_bytes, (share + 15) / 16 * 16}));
+}
+
+struct Blocking {
+  int64_t N, bm, blocks, items;
+};
+
+inline Blocking triangular_blocking(int64_t N, int64_t elem_bytes) {
+  const int64_t bm = slab_rows(N, elem_bytes);
+  const int64_t blocks = (N + bm - 1) / bm;
+  return {N, bm, blocks, std::min<int64_t>(blocks, std::max<int64_t>(1, at::get_num_threads()))};
+}
+
+// Calls fn(b, e) on [begin, end) without the index `skip` (the anchor itself).
+template <typename Fn>
+inline void around(int64_t begin, int64_t end, int64_t skip, Fn&& fn) {
+  if (skip < begin || skip >= end) {
+    if (begin < end) fn(begin, end);
+    return;
+  }
+  if (begin < skip) fn(begin, skip);
+  if (skip + 1 < end) fn(skip + 1, end);
 }
 
 }  // namespace pairwise

@@ -388,6 +388,27 @@ def test_fused_large_and_odd(backend, device, N, D):
         torch.testing.assert_close(ga, gb, **FP32_GRAD_TOL)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("tau", [0.02, 0.025, 0.07])
+def test_cpp_engines_across_thread_counts(threads, tau):
+    """csrc/cpu/supcon.cpp has two engines: the symmetric one (upper-triangle slabs, fixed shift 1/τ; used
+    when normalize=True and τ ≥ 0.025) and the row-slab one (running max; τ = 0.02 here). Both, at 1 and 3
+    threads (one block vs three triangular blocks spread over work items), in fp64 against the reference."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        z = torch.randn(300, 16, dtype=torch.float64)
+        z[5] = z[7]  # duplicate features
+        labels = torch.randint(0, 6, (300,))
+        for variant in ("out", "in"):
+            a, b, ga, gb = fused_and_reference(z, labels, "cpp", temperature=tau, variant=variant,
+                                               reduction="none")
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(ga, gb, rtol=1e-9, atol=1e-10)
+    finally:
+        torch.set_num_threads(old)
+
+
 @pytest.mark.parametrize("backend, device", FUSED)
 @pytest.mark.parametrize("tau", [0.01, 0.07, 1.0])
 @pytest.mark.parametrize("normalize", [True, False])
