@@ -27,8 +27,8 @@
 //
 // Helpers local to this file (the shared engine pieces are in pairwise.h): the label block
 // (status/weights, tanh from ATen so that the fp32 weights match the reference's), and the row loops
-// written over 16 independent lanes so that max / sum reductions vectorise without -ffast-math and
-// stay deterministic (fixed order, independent of the thread count).
+// with `omp simd` reductions, which vectorise without -ffast-math and stay deterministic (fixed lane
+// order per instruction set, independent of the thread count).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
@@ -51,7 +51,6 @@ using pairwise::fast_exp;
 #define MSA_INLINE inline __attribute__((always_inline))
 
 constexpr const char* kOp = "msa_fast.ops.mgcl_contrastive_loss";
-constexpr int kLanes = 16;
 // Slab of one row block (per thread): [bs, 4B] compute-dtype values, bs chosen so that it stays near
 // this size — large enough that BLAS's packing of K_v is amortised over many rows (measured: 16 MiB
 // beat 2–8 MiB at B = 2048, d = 128), bounded so memory stays O(B·d) plus a fixed slab per thread.
@@ -130,62 +129,47 @@ void label_block(const float* yt, int64_t B, int64_t i0, int64_t n, const Params
 // the same-sample positive (pos[i] = 1 on the diagonal) is handled by the caller.
 
 // Pass 1: λ = W·s/τ in place (also on excluded micro entries, which the masks below skip), running
-// maxima over the entries in the set and over its positives. Selects, not branches, so it vectorises.
+// maxima over the entries in the set and over its positives. Selects, not branches, and `omp simd`
+// reductions so that the loop vectorises (fixed lane order per instruction set: deterministic).
 template <typename T, bool kMicro>
 MSA_INLINE void seg_logits(T* __restrict__ s, const float* __restrict__ w, const float* __restrict__ pos, int64_t b,
                            int64_t e, T inv_tau, T& m_all, T& m_pos) {
-  const T ninf = -std::numeric_limits<T>::infinity();
-  T ma[kLanes], mp[kLanes];
-  for (int k = 0; k < kLanes; ++k) ma[k] = mp[k] = ninf;
-  auto step = [&](int64_t j, int k) {
+  T ma = m_all, mp = m_pos;
+#pragma omp simd reduction(max : ma, mp)
+  for (int64_t j = b; j < e; ++j) {
     const bool p = pos[j] != 0.0f;
     const T lam = T(w[j]) * s[j] * inv_tau;
     s[j] = lam;
     if (kMicro) {
-      ma[k] = (!p && lam > ma[k]) ? lam : ma[k];  // micro: negatives only
+      ma = (!p && lam > ma) ? lam : ma;  // micro: negatives only
     } else {
-      ma[k] = lam > ma[k] ? lam : ma[k];
-      mp[k] = (p && lam > mp[k]) ? lam : mp[k];
+      ma = lam > ma ? lam : ma;
+      mp = (p && lam > mp) ? lam : mp;
     }
-  };
-  int64_t j = b;
-  for (; j + kLanes <= e; j += kLanes)
-    for (int k = 0; k < kLanes; ++k) step(j + k, k);
-  for (; j < e; ++j) step(j, 0);
-  for (int k = 0; k < kLanes; ++k) {
-    m_all = ma[k] > m_all ? ma[k] : m_all;
-    m_pos = mp[k] > m_pos ? mp[k] : m_pos;
   }
+  m_all = ma;
+  m_pos = mp;
 }
 
 // Pass 2: Σ exp(λ − m_pos) over positives and Σ exp(λ − m_all) over negatives (one exp per entry).
 template <typename T, bool kMicro>
 MSA_INLINE void seg_sums(const T* __restrict__ s, const float* __restrict__ pos, int64_t b, int64_t e, T m_all,
                          T m_pos, T& sum_pos, T& sum_neg) {
-  T sp[kLanes], sn[kLanes];
-  for (int k = 0; k < kLanes; ++k) sp[k] = sn[k] = T(0);
-  auto step = [&](int64_t j, int k) {
+  T sp = 0, sn = 0;
+#pragma omp simd reduction(+ : sp, sn)
+  for (int64_t j = b; j < e; ++j) {
     const bool p = pos[j] != 0.0f;
     if (kMicro) {
       const T ex = fast_exp(s[j] - m_all);
-      sn[k] += p ? T(0) : ex;  // micro positives other than the same sample are not in the set
+      sn += p ? T(0) : ex;  // micro positives other than the same sample are not in the set
     } else {
       const T ex = fast_exp(s[j] - (p ? m_pos : m_all));
-      sp[k] += p ? ex : T(0);
-      sn[k] += p ? T(0) : ex;
+      sp += p ? ex : T(0);
+      sn += p ? T(0) : ex;
     }
-  };
-  int64_t j = b;
-  for (; j + kLanes <= e; j += kLanes)
-    for (int k = 0; k < kLanes; ++k) step(j + k, k);
-  for (; j < e; ++j) step(j, 0);
-  T a = 0, c = 0;
-  for (int k = 0; k < kLanes; ++k) {
-    a += sp[k];
-    c += sn[k];
   }
-  sum_pos += a;
-  sum_neg += c;
+  sum_pos += sp;
+  sum_neg += sn;
 }
 
 // Backward: dS in place of s. Positives: (g_all·p_all + g_pos·p_pos)·W/τ = a_pos·exp(λ − lse_pos)·W/τ
@@ -193,6 +177,7 @@ MSA_INLINE void seg_sums(const T* __restrict__ s, const float* __restrict__ pos,
 template <typename T, bool kMicro>
 MSA_INLINE void seg_grad(T* __restrict__ s, const float* __restrict__ w, const float* __restrict__ pos, int64_t b, int64_t e, T inv_tau, T lse_pos, T lse_all,
                      T a_pos, T g_all) {
+#pragma omp simd
   for (int64_t j = b; j < e; ++j) {
     const bool p = pos[j] != 0.0f;
     const T wj = T(w[j]);

@@ -22,7 +22,11 @@
 #include "common/contrastive.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__CUDACC__)
-#define MSA_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2,fma", "default")))
+// One clone per instruction set. "arch=haswell" (AVX2 + FMA) rather than "avx2,fma": GCC splits the
+// latter into two clones, and the AVX2 one then has no FMA. The loops vectorise only with
+// -fno-trapping-math (setup.py): otherwise GCC keeps the compare-and-select clamps of fast_exp as
+// branches (a compare may raise FE_INVALID) and, without AVX-512 masking, runs the loop scalar.
+#define MSA_VECTOR_CLONES __attribute__((target_clones("avx512f", "arch=haswell", "default")))
 #else
 #define MSA_VECTOR_CLONES
 #endif
