@@ -205,56 +205,49 @@ at::Tensor hycon_rows_cpu(const at::Tensor& x, const at::Tensor& classes, double
     const T inv_tau = T(1) / T(tau), al = T(alpha);
     const int32_t* cls = cls_t.data_ptr<int32_t>();
     T* out = stats.data_ptr<T>();
-    at::parallel_for(0, bl.items, 1, [&](int64_t t0, int64_t t1) {
-      at::Tensor slab = at::empty({bl.bm * N}, n.u.options());
-      for (int64_t t = t0; t < t1; ++t) {
-        T* acc = col_acc[t].data_ptr<T>();
-        for (int64_t b = t; b < bl.blocks; b += bl.items) {
-          const int64_t i0 = b * bl.bm, rows = std::min(bl.bm, N - i0), i1 = i0 + rows, W = N - i0;
-          at::Tensor s = slab.narrow(0, 0, rows * W).view({rows, W});
-          at::mm_out(s, n.u.narrow(0, i0, rows), n.u.narrow(0, i0, W).t());  // s_rc, c ≥ i0
-          const T* sp = s.data_ptr<T>();
-          for (int64_t r = 0; r < rows; ++r) {
-            const int64_t i = i0 + r, m = i / K, k = i % K;
-            const int32_t c = cls[k];
-            const T* row = sp + r * W;  // row[g − i0] = s(i, g) for global column g ≥ i0
-            T st[kStats] = {0, 0, 0, 0, 0, 0, 0};
-            for (int64_t mp = 0; mp < 3; ++mp) {
-              const int64_t q = mp == m ? 0 : 3;
-              const T target = mp == m ? T(1) : al;
-              // Row side: this anchor's own sums over the columns g = mp·K + j ≥ i0.
-              const int64_t jb = std::clamp<int64_t>(i0 - mp * K, 0, K);
-              if (jb < K) {
-                const T* seg = row + (mp * K + jb - i0);
-                if (contrastive::hycon_kept(c))
-                  around(0, K - jb, k - jb, [&](int64_t lo, int64_t hi) {
-                    Loops<T>::sums(a.f, seg, cls + jb, lo, hi, c, target, inv_tau, st + q);
-                  });
-                if (mp != m && k >= jb) {
-                  const T d = seg[k - jb] - al;
-                  st[6] += d * d;
-                }
-              }
-              // Column side: the anchors g = mp·K + j ≥ i1 (rows of later blocks, whose slabs start past
-              // this row) get this row as a candidate.
-              const int64_t jc = std::clamp<int64_t>(i1 - mp * K, 0, K);
-              if (jc < K) {
-                const T* seg = row + (mp * K + jc - i0);
-                const int64_t g0 = mp * K + jc;
-                if (contrastive::hycon_kept(c))
-                  around(0, K - jc, k - jc, [&](int64_t lo, int64_t hi) {
-                    Loops<T>::cols(a.f, seg, cls + jc, lo, hi, c, target, inv_tau, acc + q * N + g0,
-                                   acc + (q + 1) * N + g0, acc + (q + 2) * N + g0);
-                  });
-                if (mp != m && k >= jc) {
-                  const T d = seg[k - jc] - al;
-                  acc[6 * N + mp * K + k] += d * d;
-                }
-              }
+    pairwise::for_each_triangular_slab(bl, n.u, [&](const pairwise::TriangularSlab& sl) {
+      const int64_t i0 = sl.i0, rows = sl.rows, i1 = i0 + rows, W = sl.W;
+      T* acc = col_acc[sl.item].data_ptr<T>();
+      const T* sp = sl.s.data_ptr<T>();
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t i = i0 + r, m = i / K, k = i % K;
+        const int32_t c = cls[k];
+        const T* row = sp + r * W;  // row[g − i0] = s(i, g) for global column g ≥ i0
+        T st[kStats] = {0, 0, 0, 0, 0, 0, 0};
+        for (int64_t mp = 0; mp < 3; ++mp) {
+          const int64_t q = mp == m ? 0 : 3;
+          const T target = mp == m ? T(1) : al;
+          // Row side: this anchor's own sums over the columns g = mp·K + j ≥ i0.
+          const int64_t jb = std::clamp<int64_t>(i0 - mp * K, 0, K);
+          if (jb < K) {
+            const T* seg = row + (mp * K + jb - i0);
+            if (contrastive::hycon_kept(c))
+              around(0, K - jb, k - jb, [&](int64_t lo, int64_t hi) {
+                Loops<T>::sums(a.f, seg, cls + jb, lo, hi, c, target, inv_tau, st + q);
+              });
+            if (mp != m && k >= jb) {
+              const T d = seg[k - jb] - al;
+              st[6] += d * d;
             }
-            std::copy(st, st + kStats, out + i * kStats);
+          }
+          // Column side: the anchors g = mp·K + j ≥ i1 (rows of later blocks, whose slabs start past
+          // this row) get this row as a candidate.
+          const int64_t jc = std::clamp<int64_t>(i1 - mp * K, 0, K);
+          if (jc < K) {
+            const T* seg = row + (mp * K + jc - i0);
+            const int64_t g0 = mp * K + jc;
+            if (contrastive::hycon_kept(c))
+              around(0, K - jc, k - jc, [&](int64_t lo, int64_t hi) {
+                Loops<T>::cols(a.f, seg, cls + jc, lo, hi, c, target, inv_tau, acc + q * N + g0,
+                               acc + (q + 1) * N + g0, acc + (q + 2) * N + g0);
+              });
+            if (mp != m && k >= jc) {
+              const T d = seg[k - jc] - al;
+              acc[6 * N + mp * K + k] += d * d;
+            }
           }
         }
+        std::copy(st, st + kStats, out + i * kStats);
       }
     });
   });
@@ -284,48 +277,38 @@ at::Tensor hycon_rows_backward_cpu(const at::Tensor& grad_stats, const at::Tenso
     const int32_t* cls = cls_t.data_ptr<int32_t>();
     const T* gp = g.data_ptr<T>();
     const T* gtp = gt.data_ptr<T>();
-    at::parallel_for(0, bl.items, 1, [&](int64_t t0, int64_t t1) {
-      at::Tensor slab = at::empty({bl.bm * N}, n.u.options());
-      for (int64_t t = t0; t < t1; ++t) {
-        at::Tensor du = du_items[t];
-        for (int64_t b = t; b < bl.blocks; b += bl.items) {
-          const int64_t i0 = b * bl.bm, rows = std::min(bl.bm, N - i0), i1 = i0 + rows, W = N - i0;
-          at::Tensor s = slab.narrow(0, 0, rows * W).view({rows, W});
-          const at::Tensor u_blk = n.u.narrow(0, i0, rows), u_cols = n.u.narrow(0, i0, W);
-          at::mm_out(s, u_blk, u_cols.t());
-          T* sp = s.data_ptr<T>();
-          for (int64_t r = 0; r < rows; ++r) {
-            const int64_t i = i0 + r, m = i / K, k = i % K;
-            const int32_t c = cls[k];
-            const T* ar = gp + i * kStats;
-            T* row = sp + r * W;
-            for (int64_t mp = 0; mp < 3; ++mp) {
-              const int64_t jb = std::clamp<int64_t>(i0 - mp * K, 0, K);
-              if (jb >= K) continue;
-              T* seg = row + (mp * K + jb - i0);
-              const int64_t q = mp == m ? 0 : 3;  // same view: stats 0–2, other views: 3–5
-              const T target = mp == m ? T(1) : al;
-              const bool own = k >= jb;  // column (k, mp) is in this slab row
-              const T s_kk = own ? seg[k - jb] : T(0);
-              if (contrastive::hycon_kept(c)) {
-                const T* A = gtp + q * N + mp * K + jb;
-                around(0, K - jb, k - jb, [&](int64_t lo, int64_t hi) {
-                  Loops<T>::grad(a.f, seg, cls + jb, lo, hi, c, target, inv_tau, ar[q], ar[q + 1], ar[q + 2], A,
-                                 A + N, A + 2 * N);
-                });
-              } else {
-                std::fill(seg, seg + (K - jb), T(0));  // a dropped sample is in no IAMCL/IEMCL pair
-              }
-              // j = k: no pair in the same view; SCL's (s − α)² in the others, for row (k, m) and (k, m′).
-              if (own)
-                seg[k - jb] = mp == m ? T(0) : (ar[6] + gtp[6 * N + mp * K + k]) * (T(2) * (s_kk - al));
-            }
+    pairwise::for_each_triangular_slab(bl, n.u, [&](const pairwise::TriangularSlab& sl) {
+      const int64_t i0 = sl.i0, rows = sl.rows, W = sl.W;
+      at::Tensor du = du_items[sl.item];
+      T* sp = sl.s.data_ptr<T>();
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t i = i0 + r, m = i / K, k = i % K;
+        const int32_t c = cls[k];
+        const T* ar = gp + i * kStats;
+        T* row = sp + r * W;
+        for (int64_t mp = 0; mp < 3; ++mp) {
+          const int64_t jb = std::clamp<int64_t>(i0 - mp * K, 0, K);
+          if (jb >= K) continue;
+          T* seg = row + (mp * K + jb - i0);
+          const int64_t q = mp == m ? 0 : 3;  // same view: stats 0–2, other views: 3–5
+          const T target = mp == m ? T(1) : al;
+          const bool own = k >= jb;  // column (k, mp) is in this slab row
+          const T s_kk = own ? seg[k - jb] : T(0);
+          if (contrastive::hycon_kept(c)) {
+            const T* A = gtp + q * N + mp * K + jb;
+            around(0, K - jb, k - jb, [&](int64_t lo, int64_t hi) {
+              Loops<T>::grad(a.f, seg, cls + jb, lo, hi, c, target, inv_tau, ar[q], ar[q + 1], ar[q + 2], A,
+                             A + N, A + 2 * N);
+            });
+          } else {
+            std::fill(seg, seg + (K - jb), T(0));  // a dropped sample is in no IAMCL/IEMCL pair
           }
-          // G is symmetric: dU[i0:i1] += G[:, i0:N] U[i0:N] and dU[i1:N] += G[:, i1:N]ᵀ U[i0:i1].
-          du.narrow(0, i0, rows).addmm_(s, u_cols);
-          if (i1 < N) du.narrow(0, i1, N - i1).addmm_(s.narrow(1, rows, W - rows).t(), u_blk);
+          // j = k: no pair in the same view; SCL's (s − α)² in the others, for row (k, m) and (k, m′).
+          if (own)
+            seg[k - jb] = mp == m ? T(0) : (ar[6] + gtp[6 * N + mp * K + k]) * (T(2) * (s_kk - al));
         }
       }
+      pairwise::add_symmetric_slab_grad(du, sl, n.u);
     });
   });
   return pairwise::normalize_backward(du_items.sum(0), n).to(x.scalar_type());

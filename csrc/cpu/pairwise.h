@@ -121,6 +121,39 @@ inline Blocking triangular_blocking(int64_t N, int64_t elem_bytes) {
   return {N, bm, blocks, std::min<int64_t>(blocks, std::max<int64_t>(1, at::get_num_threads()))};
 }
 
+// One slab of the triangular blocking: rows [i0, i0 + rows) × columns [i0, N) of s = U Uᵀ, held in the
+// buffer of work item `item` (which owns the item's accumulators).
+struct TriangularSlab {
+  int64_t item, i0, rows, W;  // W = N − i0 columns
+  at::Tensor s;               // [rows, W]
+};
+
+// Runs fn(slab) for every block, blocks round-robin over the work items in parallel, each item with one
+// slab buffer and single-threaded GEMMs (the calling thread's region).
+template <typename Fn>
+inline void for_each_triangular_slab(const Blocking& bl, const at::Tensor& u, Fn&& fn) {
+  at::parallel_for(0, bl.items, 1, [&](int64_t t0, int64_t t1) {
+    at::Tensor buffer = at::empty({bl.bm * bl.N}, u.options());
+    for (int64_t t = t0; t < t1; ++t) {
+      for (int64_t b = t; b < bl.blocks; b += bl.items) {
+        const int64_t i0 = b * bl.bm, rows = std::min(bl.bm, bl.N - i0), W = bl.N - i0;
+        at::Tensor s = buffer.narrow(0, 0, rows * W).view({rows, W});
+        at::mm_out(s, u.narrow(0, i0, rows), u.narrow(0, i0, W).t());
+        fn(TriangularSlab{t, i0, rows, W, s});
+      }
+    }
+  });
+}
+
+// dU += G U for a symmetric G whose slab rows G[i0:i1, i0:N] are in slab.s:
+// dU[i0:i1] += G[:, i0:N] U[i0:N] and dU[i1:N] += G[:, i1:N]ᵀ U[i0:i1].
+inline void add_symmetric_slab_grad(const at::Tensor& du, const TriangularSlab& sl, const at::Tensor& u) {
+  const int64_t N = u.size(0), i1 = sl.i0 + sl.rows;
+  const at::Tensor u_blk = u.narrow(0, sl.i0, sl.rows);
+  du.narrow(0, sl.i0, sl.rows).addmm_(sl.s, u.narrow(0, sl.i0, sl.W));
+  if (i1 < N) du.narrow(0, i1, N - i1).addmm_(sl.s.narrow(1, sl.rows, sl.W - sl.rows).t(), u_blk);
+}
+
 // Calls fn(b, e) on [begin, end) without the index `skip` (the anchor itself).
 template <typename Fn>
 inline void around(int64_t begin, int64_t end, int64_t skip, Fn&& fn) {

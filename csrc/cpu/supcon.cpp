@@ -138,33 +138,13 @@ struct Loops<float> {
 // ------------------------------------------------------------------------------------------------
 // Symmetric engine: epilogue loops over one slab row of anchor i (label li), columns [begin, end).
 
-// Row side only (the diagonal block, whose pairs every row of the block sees itself): row i's sums
-// (Σ e, Σ_P s, |P|, Σ_P e), e = exp((s − 1)/τ).
-template <typename T>
-MSA_ALWAYS_INLINE void sym_row(const T* s, const int32_t* lab, int32_t li, int64_t begin, int64_t end, T inv_tau,
-                               T* st) {
-  T sa = 0, ss = 0, np = 0, se = 0;
-#pragma omp simd reduction(+ : sa, ss, np, se)
-  for (int64_t j = begin; j < end; ++j) {
-    const T v = s[j];
-    const bool pos = same_label(lab[j], li);
-    const T e = fast_exp((v - T(1)) * inv_tau);
-    sa += e;
-    ss += pos ? v : T(0);
-    np += pos ? T(1) : T(0);
-    se += pos ? e : T(0);
-  }
-  st[0] += sa;
-  st[1] += ss;
-  st[2] += np;
-  st[3] += se;
-}
-
-// Row and column side at once (columns of later blocks): the same e_ij goes to row i's sums and to the
-// column anchors' accumulators acc[q * N + j] (the pair relation is symmetric).
-template <typename T>
-MSA_ALWAYS_INLINE void sym_row_cols(const T* s, const int32_t* lab, int32_t li, int64_t begin, int64_t end, T inv_tau,
-                                    T* st, T* acc_e, T* acc_s, T* acc_n, T* acc_pe) {
+// Row i's sums (Σ e, Σ_P s, |P|, Σ_P e), e = exp((s − 1)/τ), over columns [begin, end). With kCols
+// (columns of later blocks) the same e_ij also goes to the column anchors' accumulators acc_*[j] (the
+// pair relation is symmetric); without (the diagonal block, whose pairs every row of the block sees
+// itself) the acc_* pointers are unused.
+template <typename T, bool kCols>
+MSA_ALWAYS_INLINE void sym_sums(const T* s, const int32_t* lab, int32_t li, int64_t begin, int64_t end, T inv_tau,
+                                T* st, T* acc_e, T* acc_s, T* acc_n, T* acc_pe) {
   T sa = 0, ss = 0, np = 0, se = 0;
 #pragma omp simd reduction(+ : sa, ss, np, se)
   for (int64_t j = begin; j < end; ++j) {
@@ -176,10 +156,12 @@ MSA_ALWAYS_INLINE void sym_row_cols(const T* s, const int32_t* lab, int32_t li, 
     ss += ps;
     np += pn;
     se += pe;
-    acc_e[j] += e;
-    acc_s[j] += ps;
-    acc_n[j] += pn;
-    acc_pe[j] += pe;
+    if (kCols) {
+      acc_e[j] += e;
+      acc_s[j] += ps;
+      acc_n[j] += pn;
+      acc_pe[j] += pe;
+    }
   }
   st[0] += sa;
   st[1] += ss;
@@ -207,11 +189,11 @@ MSA_ALWAYS_INLINE void sym_grad(T* s, const int32_t* lab, int32_t li, int64_t be
 
 MSA_VECTOR_CLONES void sym_row_f(const float* s, const int32_t* l, int32_t li, int64_t b, int64_t e, float it,
                                  float* st) {
-  sym_row<float>(s, l, li, b, e, it, st);
+  sym_sums<float, false>(s, l, li, b, e, it, st, nullptr, nullptr, nullptr, nullptr);
 }
 MSA_VECTOR_CLONES void sym_row_cols_f(const float* s, const int32_t* l, int32_t li, int64_t b, int64_t e, float it,
                                       float* st, float* ae, float* as, float* an, float* ape) {
-  sym_row_cols<float>(s, l, li, b, e, it, st, ae, as, an, ape);
+  sym_sums<float, true>(s, l, li, b, e, it, st, ae, as, an, ape);
 }
 MSA_VECTOR_CLONES void sym_grad_out_f(float* s, const int32_t* l, int32_t li, int64_t b, int64_t e, float it, float ai,
                                       float bi, const float* A, const float* B) {
@@ -225,11 +207,11 @@ MSA_VECTOR_CLONES void sym_grad_in_f(float* s, const int32_t* l, int32_t li, int
 template <typename T>
 struct SymLoops {
   static void row(const T* s, const int32_t* l, int32_t li, int64_t b, int64_t e, T it, T* st) {
-    sym_row<T>(s, l, li, b, e, it, st);
+    sym_sums<T, false>(s, l, li, b, e, it, st, nullptr, nullptr, nullptr, nullptr);
   }
   static void row_cols(const T* s, const int32_t* l, int32_t li, int64_t b, int64_t e, T it, T* st, T* ae, T* as,
                        T* an, T* ape) {
-    sym_row_cols<T>(s, l, li, b, e, it, st, ae, as, an, ape);
+    sym_sums<T, true>(s, l, li, b, e, it, st, ae, as, an, ape);
   }
   static void grad(bool in, T* s, const int32_t* l, int32_t li, int64_t b, int64_t e, T it, T ai, T bi, const T* A,
                    const T* B) {
@@ -259,26 +241,19 @@ at::Tensor symmetric_sums(const at::Tensor& u, const int32_t* lab, T inv_tau) {
   at::Tensor sums = at::zeros({N, 4}, u.options());
   at::Tensor col_acc = at::zeros({bl.items, 4, N}, u.options());  // column side, per work item
   T* out = sums.data_ptr<T>();
-  at::parallel_for(0, bl.items, 1, [&](int64_t t0, int64_t t1) {
-    at::Tensor slab = at::empty({bl.bm * N}, u.options());
-    for (int64_t t = t0; t < t1; ++t) {
-      T* acc = col_acc[t].data_ptr<T>();
-      for (int64_t b = t; b < bl.blocks; b += bl.items) {
-        const int64_t i0 = b * bl.bm, rows = std::min(bl.bm, N - i0), W = N - i0;
-        at::Tensor s = slab.narrow(0, 0, rows * W).view({rows, W});
-        at::mm_out(s, u.narrow(0, i0, rows), u.narrow(0, i0, W).t());  // s_ij for j ≥ i0
-        const T* sp = s.data_ptr<T>();
-        for (int64_t r = 0; r < rows; ++r) {
-          const int64_t i = i0 + r;
-          const T* row = sp + r * W;  // row[j − i0] = s_ij
-          T* st = out + i * 4;
-          pairwise::around(0, rows, r, [&](int64_t lo, int64_t hi) {
-            SymLoops<T>::row(row, lab + i0, lab[i], lo, hi, inv_tau, st);
-          });
-          SymLoops<T>::row_cols(row, lab + i0, lab[i], rows, W, inv_tau, st, acc + i0, acc + N + i0,
-                                acc + 2 * N + i0, acc + 3 * N + i0);
-        }
-      }
+  pairwise::for_each_triangular_slab(bl, u, [&](const pairwise::TriangularSlab& sl) {
+    const int64_t i0 = sl.i0, rows = sl.rows, W = sl.W;
+    T* acc = col_acc[sl.item].data_ptr<T>();
+    const T* sp = sl.s.data_ptr<T>();
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t i = i0 + r;
+      const T* row = sp + r * W;  // row[j − i0] = s_ij
+      T* st = out + i * 4;
+      pairwise::around(0, rows, r, [&](int64_t lo, int64_t hi) {
+        SymLoops<T>::row(row, lab + i0, lab[i], lo, hi, inv_tau, st);
+      });
+      SymLoops<T>::row_cols(row, lab + i0, lab[i], rows, W, inv_tau, st, acc + i0, acc + N + i0,
+                            acc + 2 * N + i0, acc + 3 * N + i0);
     }
   });
   sums.add_(col_acc.sum(0).t());
@@ -293,28 +268,19 @@ at::Tensor symmetric_grad(const at::Tensor& u, const int32_t* lab, T inv_tau, bo
   const pairwise::Blocking bl = pairwise::triangular_blocking(N, sizeof(T));
   at::Tensor du_items = at::zeros({bl.items, N, u.size(1)}, u.options());
   const T *A = a_t.data_ptr<T>(), *B = b_t.data_ptr<T>();
-  at::parallel_for(0, bl.items, 1, [&](int64_t t0, int64_t t1) {
-    at::Tensor slab = at::empty({bl.bm * N}, u.options());
-    for (int64_t t = t0; t < t1; ++t) {
-      at::Tensor du = du_items[t];
-      for (int64_t b = t; b < bl.blocks; b += bl.items) {
-        const int64_t i0 = b * bl.bm, rows = std::min(bl.bm, N - i0), i1 = i0 + rows, W = N - i0;
-        at::Tensor s = slab.narrow(0, 0, rows * W).view({rows, W});
-        const at::Tensor u_blk = u.narrow(0, i0, rows), u_cols = u.narrow(0, i0, W);
-        at::mm_out(s, u_blk, u_cols.t());
-        T* sp = s.data_ptr<T>();
-        for (int64_t r = 0; r < rows; ++r) {
-          const int64_t i = i0 + r;
-          T* row = sp + r * W;
-          pairwise::around(0, W, r, [&](int64_t lo, int64_t hi) {
-            SymLoops<T>::grad(variant_in, row, lab + i0, lab[i], lo, hi, inv_tau, A[i], B[i], A + i0, B + i0);
-          });
-          row[r] = T(0);
-        }
-        du.narrow(0, i0, rows).addmm_(s, u_cols);
-        if (i1 < N) du.narrow(0, i1, N - i1).addmm_(s.narrow(1, rows, W - rows).t(), u_blk);
-      }
+  pairwise::for_each_triangular_slab(bl, u, [&](const pairwise::TriangularSlab& sl) {
+    const int64_t i0 = sl.i0, rows = sl.rows, W = sl.W;
+    at::Tensor du = du_items[sl.item];
+    T* sp = sl.s.data_ptr<T>();
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t i = i0 + r;
+      T* row = sp + r * W;
+      pairwise::around(0, W, r, [&](int64_t lo, int64_t hi) {
+        SymLoops<T>::grad(variant_in, row, lab + i0, lab[i], lo, hi, inv_tau, A[i], B[i], A + i0, B + i0);
+      });
+      row[r] = T(0);
     }
+    pairwise::add_symmetric_slab_grad(du, sl, u);
   });
   return du_items.sum(0);
 }
