@@ -48,6 +48,10 @@ TORCH_LIBRARY(msa_fast, m) {
       "cutoff(Tensor x, float ratio, str mode, Tensor seed, Tensor? lengths, str padding_side) "
       "-> Tensor");
 
+  // Dropout with a counter-based Philox mask (ops.md §11): x · keep / (1 − p). Backward is the same
+  // op on the upstream gradient with the same seed; the mask is never stored.
+  m.def("dropout(Tensor x, float p, Tensor seed) -> Tensor");
+
   // Hard Concrete gates (ops.md §7). Returns (z, s_bar); s_bar is empty unless with_s_bar.
   // `ste` ('clamp' or 'sbar') only shapes the gradient; the forward takes it so that the registered
   // autograd sees it among the inputs.

@@ -16,6 +16,7 @@
 
 #include "common/cutoff.h"
 #include "common/cutoff_args.h"
+#include "cpu/output_pages.h"
 
 namespace msa_fast {
 namespace {
@@ -70,7 +71,7 @@ at::Tensor cutoff_cpu(const at::Tensor& x_in, double ratio, c10::string_view mod
                       const c10::optional<at::Tensor>& lengths, c10::string_view padding_side) {
   const Args a = check_args(x_in, ratio, std::string(mode), seed, lengths, std::string(padding_side));
   const at::Tensor x = x_in.contiguous();
-  at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
+  at::Tensor out = empty_streaming_output(x);
   const at::Tensor len = checked_lengths(a, x, lengths);
   const int64_t rows = a.B * a.L;
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(a.D, 1));

@@ -4,7 +4,8 @@ contrastive losses holding their options."""
 from msa_fast.nn.contrastive import (AlignLoss, HyConLoss, InfoNCE, MGCLContrastiveLoss, SupConLoss,
                                      UniformLoss)
 from msa_fast.nn.cutoff import Cutoff
+from msa_fast.nn.dropout import Dropout
 from msa_fast.nn.hard_concrete import HardConcreteGate
 
-__all__ = ["Cutoff", "HardConcreteGate", "SupConLoss", "InfoNCE", "HyConLoss", "MGCLContrastiveLoss", "AlignLoss",
+__all__ = ["Cutoff", "Dropout", "HardConcreteGate", "SupConLoss", "InfoNCE", "HyConLoss", "MGCLContrastiveLoss", "AlignLoss",
            "UniformLoss"]

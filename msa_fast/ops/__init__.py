@@ -12,6 +12,7 @@ Importing this module needs torch only.
 from msa_fast.ops._dispatch import available_backends
 from msa_fast.ops.align_uniform import align_loss, uniform_loss
 from msa_fast.ops.cutoff import cutoff
+from msa_fast.ops.dropout import dropout
 from msa_fast.ops.hard_concrete import hard_concrete, hard_concrete_l0
 from msa_fast.ops.hycon import hycon_loss
 from msa_fast.ops.info_nce import info_nce
@@ -19,6 +20,6 @@ from msa_fast.ops.mgcl import mgcl_contrastive_loss
 from msa_fast.ops.supcon import supcon_loss
 from msa_fast.ops import distributed, reference
 
-__all__ = ["available_backends", "cutoff", "hard_concrete", "hard_concrete_l0", "supcon_loss", "info_nce",
+__all__ = ["available_backends", "cutoff", "dropout", "hard_concrete", "hard_concrete_l0", "supcon_loss", "info_nce",
            "align_loss", "uniform_loss", "hycon_loss", "mgcl_contrastive_loss",
            "distributed", "reference"]

@@ -264,8 +264,9 @@ _TRACE_AND_COMPILE = textwrap.dedent("""
     os.environ["TRITON_INTERPRET"] = "0"
     sys.path.insert(0, sys.argv[1])
     import torch, triton
+    import triton.language as tl
     from torch.fx.experimental.proxy_tensor import make_fx
-    from kernels import cutoff as C, hard_concrete as H, philox as P
+    from kernels import cutoff as C, dropout as D, hard_concrete as H, philox as P
 
     seed = torch.tensor(7)
     la = torch.randn(4, 5)
@@ -278,6 +279,7 @@ _TRACE_AND_COMPILE = textwrap.dedent("""
          (la[:1], la, la.sigmoid())),
         (lambda g, x: H.hard_concrete_l0_backward(g, x, 2 / 3, -0.1, 1.1, 1e-6), (la.double(), la.double())),
         (lambda s: P.philox_randint(s, 3, 10), (seed,)),
+        (lambda x, s: D.dropout_forward(x, 0.5, s), (torch.randn(3, 7).bfloat16(), seed)),
     ]
     for fn, args in traces:
         code = make_fx(fn, tracing_mode="symbolic")(*args).code
@@ -317,6 +319,9 @@ _TRACE_AND_COMPILE = textwrap.dedent("""
     build(H._hard_concrete_l0_kernel,
           {"grad_ptr": "*fp32", "la_ptr": "*fp32", "out_ptr": "*fp32", "N": "i32", **params},
           {"BACKWARD": True, "BF16": False, "FP64": False, "BLOCK": 1024})
+    for ct, bf16, ptr in ((tl.float32, True, "*i16"), (tl.float64, False, "*fp64")):
+        build(D._dropout_kernel, {"x_ptr": ptr, "out_ptr": ptr, "seed_ptr": "*i64", "numel": "i64", "p_bits": "i64",
+              "scale_bits": "i64"}, {"CT": ct, "BF16": bf16, "BLOCK": 1024})
     print("COMPILED")
 """)
 
