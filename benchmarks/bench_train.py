@@ -16,11 +16,13 @@ of the judged step time; it is measured beside it (below).
 Providers (timed interleaved in one run, round robin with the starting provider rotating every step,
 the Python GC collected before and disabled during each timed step, as benchmarks/harness.py does):
 
-* ``eager_reference``: config ``compile=False`` and ``backend='reference'`` (the pure-PyTorch dense
-  contrastive losses of msa_fast.ops.reference);
+* ``eager_reference``: config ``compile=False``, ``backend='reference'`` (the pure-PyTorch dense
+  contrastive losses of msa_fast.ops.reference) and ``dropout_impl='torch'`` (torch.nn.Dropout and
+  nn.MultiheadAttention's own attention dropout: the model as plain PyTorch writes it);
 * ``compiled_fused``: config ``compile=True`` (the engine's ``torch.compile(forward_loss,
-  fullgraph=True)``, falling back to graph breaks as the engine does; the mode used is recorded) and
-  ``backend='auto'`` (the fused C++ kernels on CPU; the resolved backend is recorded).
+  fullgraph=True)``, falling back to graph breaks as the engine does; the mode used is recorded),
+  ``backend='auto'`` (the fused C++ kernels on CPU; the resolved backend is recorded) and
+  ``dropout_impl='philox'`` (every dropout mask from msa_fast.ops.dropout, msa_fast/models/dropout.py).
 
 Both providers start from the same weights (same seed) and read the same batch sequence.
 
@@ -102,8 +104,8 @@ SCENARIOS = {
     "finetune_b64": dict(batch=64, text_features=False, target=1.2),
 }
 PROVIDERS = {
-    "eager_reference": dict(compile=False, backend="reference"),
-    "compiled_fused": dict(compile=True, backend="auto"),
+    "eager_reference": dict(compile=False, backend="reference", dropout_impl="torch"),
+    "compiled_fused": dict(compile=True, backend="auto", dropout_impl="philox"),
 }
 BASELINE, FUSED = "eager_reference", "compiled_fused"
 #: MGCL's architecture keys taken from PRESETS['quick']['mgcl'] with --mgcl-preset quick (its other
@@ -140,7 +142,8 @@ def model_config(model: str, scenario: str, provider: str, batch: int, mgcl_pres
     mcfg = model_defaults_for(model, "mosei")
     if model == "mgcl":
         mcfg.update(mgcl_preset_keys(mgcl_preset))
-    mcfg.update(text_features=sc["text_features"], backend=pv["backend"], batch_size=batch)
+    mcfg.update(text_features=sc["text_features"], backend=pv["backend"], dropout_impl=pv["dropout_impl"],
+                batch_size=batch)
     if smoke and not sc["text_features"]:
         mcfg["text_model"] = "random"  # a 2-layer 128-d BERT: the smoke test checks plumbing, not speed
     extra = {"compile": pv["compile"], "progress": False, "log_every": 0, "device": "cpu"}

@@ -48,7 +48,7 @@ TORCH_LIBRARY(msa_fast, m) {
       "cutoff(Tensor x, float ratio, str mode, Tensor seed, Tensor? lengths, str padding_side) "
       "-> Tensor");
 
-  // Dropout with a counter-based Philox mask (ops.md §11): x · keep / (1 − p). Backward is the same
+  // Dropout with a counter-based Philox mask (spec: msa_fast/ops/dropout.py): x · keep / (1 − p). Backward is the same
   // op on the upstream gradient with the same seed; the mask is never stored.
   m.def("dropout(Tensor x, float p, Tensor seed) -> Tensor");
 

@@ -1,4 +1,4 @@
-"""Triton kernel of dropout (ops.md §11), bit-identical to ``csrc/cpu/dropout.cpp``.
+"""Triton kernel of dropout (spec: msa_fast/ops/dropout.py), bit-identical to ``csrc/cpu/dropout.cpp``.
 
 One program handles ``BLOCK`` Philox blocks = ``4·BLOCK`` elements: ``tl.randint4x(seed, n)`` for 64-bit
 counters ``n`` gives the four words of block ``n`` (counter words ``(lo32(n), hi32(n), 0, 0)``), and word

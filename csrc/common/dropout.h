@@ -1,4 +1,4 @@
-// Per-element rule of dropout (ops.md §11), shared by csrc/cpu/dropout.cpp and csrc/cuda/dropout.cu so
+// Per-element rule of dropout (spec: msa_fast/ops/dropout.py), shared by csrc/cpu/dropout.cpp and csrc/cuda/dropout.cu so
 // the CPU tests cover the CUDA kernel's arithmetic. kernels/dropout.py mirrors it with tl.randint4x.
 //
 // Element i of the contiguous tensor reads word (i mod 4) of the Philox4x32-10 block at counter

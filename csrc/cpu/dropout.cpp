@@ -1,4 +1,4 @@
-// C++ CPU kernel of dropout (ops.md §11): x · keep / (1 − p) with the keep mask drawn from the
+// C++ CPU kernel of dropout (spec: msa_fast/ops/dropout.py): x · keep / (1 − p) with the keep mask drawn from the
 // counter-based Philox stream of csrc/common/dropout.h. Backward calls this same kernel on the upstream
 // gradient with the same seed, so no mask is ever stored.
 //

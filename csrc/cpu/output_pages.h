@@ -9,8 +9,8 @@
 // non-Linux), the tensor is the same ordinary buffer it would have been.
 #pragma once
 
+#include <ATen/EmptyTensor.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty_like.h>
 
 #include <cstdint>
 
@@ -36,10 +36,13 @@ inline void advise_huge_pages(void* data, int64_t bytes) {
 #endif
 }
 
-// A contiguous tensor like `like`, ready to be written once in full by a streaming kernel.
+// A contiguous CPU tensor like `like`, ready to be written once in full by a streaming kernel.
+// at::detail::empty_cpu, not at::empty_like: under torch.use_deterministic_algorithms the latter
+// first fills the buffer with NaN (fill_uninitialized_memory), a whole extra pass over memory that
+// the kernel overwrites anyway.
 inline at::Tensor empty_streaming_output(const at::Tensor& like) {
-  at::Tensor out = at::empty_like(like, at::MemoryFormat::Contiguous);
-  if (out.device().is_cpu()) advise_huge_pages(out.data_ptr(), int64_t(out.nbytes()));
+  at::Tensor out = at::detail::empty_cpu(like.sizes(), like.options().memory_format(at::MemoryFormat::Contiguous));
+  advise_huge_pages(out.data_ptr(), int64_t(out.nbytes()));
   return out;
 }
 

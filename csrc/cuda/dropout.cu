@@ -1,4 +1,4 @@
-// CUDA kernel of dropout (ops.md §11): the same keep mask as the CPU kernel (csrc/common/dropout.h),
+// CUDA kernel of dropout (spec: msa_fast/ops/dropout.py): the same keep mask as the CPU kernel (csrc/common/dropout.h),
 // bit for bit. One thread per Philox block: it evaluates the ten rounds once and serves the block's four
 // consecutive elements, grid-stride over the tensor. Math in fp32
 // (fp64 for fp64), dropped elements stored as 0 by selection. No mask is stored: backward reruns the op

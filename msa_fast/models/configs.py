@@ -41,6 +41,10 @@ _TEXT = dict(
     # ranks, gradients scaled so the engine's averaging gives the single-process full-batch gradient);
     # False: each rank pairs only its own shard. No effect in one process.
     global_batch=False,
+    # how dropout masks are drawn: 'philox' (msa_fast.ops.dropout: counter-based, vectorised C++ on CPU,
+    # mask regenerated in backward; msa_fast/models/dropout.py) | 'torch' (torch.nn.Dropout and
+    # nn.MultiheadAttention's own dropout, as built). Same distribution, different random stream.
+    dropout_impl="philox",
     weight_decay=0.0,
 )
 

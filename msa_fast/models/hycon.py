@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from msa_fast.models.base import MSAModel, Stage
 from msa_fast.models.configs import DataDims, resolve_config
+from msa_fast.models.dropout import apply_dropout_impl
 
 __all__ = ["HyCon", "TextEncoder", "MTE", "sinusoidal_table", "Predictor", "export_predictor",
            "hycon_refinement", "global_rows", "grad_scaled"]
@@ -388,6 +389,7 @@ class HyCon(MSAModel):
                          "scl": not ({"cl", "scl"} & ab)}
         self.refinement = "refinement" not in ab
         self.alpha = 1.0 if "margin" in ab else float(cfg["alpha"])
+        apply_dropout_impl(self, cfg["dropout_impl"])
 
     def _always_frozen(self):
         return param_names_under(self, ["text.encoder"]) if self.cfg["freeze_text"] else []

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from msa_fast.models.base import MSAModel, Stage
 from msa_fast.models.configs import DataDims, resolve_config
+from msa_fast.models.dropout import apply_dropout_impl
 from msa_fast.models.hycon import TextEncoder, check_dim, field, global_rows, grad_scaled, length_mask, lengths_of
 
 __all__ = ["MGCL", "enhanced_micro", "masked_mean", "mgcl_loss_without_c3"]
@@ -220,6 +221,7 @@ class MGCL(MSAModel):
                                        *[m for i in range(1, len(ph)) for m in (nn.Linear(ph[i - 1], ph[i]), nn.ReLU())],
                                        nn.Linear(ph[-1], 1))
         self.aux = nn.ModuleList([_mlp([dp, cfg["aux_hidden"], 1], nn.ReLU) for _ in range(6)])
+        apply_dropout_impl(self, cfg["dropout_impl"])
 
     # ------------------------------------------------------------------ encoders
 

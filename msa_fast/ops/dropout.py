@@ -1,4 +1,4 @@
-"""Dropout with a counter-based Philox mask (Srivastava et al. 2014): ops.md §11.
+"""Dropout with a counter-based Philox mask (Srivastava et al. 2014). Not part of ops.md: this docstring is its spec.
 
 Side by side: the reference (the spec, pure PyTorch), the argument checks, the autograd and fake
 registrations of the C++/CUDA op ``msa_fast::dropout`` (csrc/cpu/dropout.cpp, csrc/cuda/dropout.cu), the
@@ -36,7 +36,7 @@ def _check(x, p) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Reference (ops.md §11 "Reference"): Philox in integer PyTorch, the keep rule, torch.where.
+# Reference (the spec above): Philox in integer PyTorch, the keep rule, torch.where.
 
 
 def keep_mask(x: torch.Tensor, p: float, seed: torch.Tensor) -> torch.Tensor:

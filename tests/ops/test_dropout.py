@@ -1,4 +1,4 @@
-"""dropout (ops.md §11): every backend bit-exact against the reference, gradients, the Philox element
+"""dropout (spec: msa_fast/ops/dropout.py): every backend bit-exact against the reference, gradients, the Philox element
 layout, statistics, opcheck, torch.compile, TorchScript and bad inputs."""
 
 import math
@@ -101,7 +101,7 @@ def test_gradgradcheck_cpp():
 
 
 def test_element_i_uses_word_i_mod_4_of_philox_block_i_div_4():
-    """The stream layout of ops.md §11, checked against the C++ Philox known-answer op."""
+    """The stream layout of msa_fast/ops/dropout.py, checked against the C++ Philox known-answer op."""
     seed = 2**40 + 12345
     x = torch.ones(4 * 6 + 3)
     out = ops.dropout(x, 0.5, seed, backend="cpp")
@@ -282,3 +282,15 @@ def test_empty_input():
 def test_auto_routes_fp64_to_reference_and_forced_cpp_runs_fp64():
     x = make((2, 3, 8), torch.float64)
     assert_bit_equal(ops.dropout(x, 0.5, seed=1), ops.dropout(x, 0.5, seed=1, backend="cpp"))
+
+
+def test_deterministic_mode_output_is_fully_written():
+    """The C++ kernels allocate without the deterministic-mode NaN fill; every element is still written."""
+    x = make((33, 17))
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        out = ops.dropout(x, 0.5, 3, backend="cpp")
+    finally:
+        torch.use_deterministic_algorithms(before)
+    assert_bit_equal(out, reference.dropout(x, 0.5, 3))
