@@ -94,7 +94,7 @@ def test_fused_cutoff_saves_no_extra_tensor():
 
 
 @needs_cpp
-@pytest.mark.parametrize("op", ["cutoff", "hard_concrete"])
+@pytest.mark.parametrize("op", ["cutoff", "hard_concrete", "dropout"])
 def test_bench_run_quick(op, tmp_path, capsys):
     from msa_fast import bench
 
