@@ -57,9 +57,11 @@ class PhiloxMultiheadAttention(nn.MultiheadAttention):
         hd = d // h
         w_q, w_k, w_v = self.in_proj_weight.chunk(3)
         b_q, b_k, b_v = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None, None, None)
-        q = F.linear(query, w_q, b_q).view(B, Tq, h, hd).transpose(1, 2)
-        k = F.linear(key, w_k, b_k).view(B, Tk, h, hd).transpose(1, 2)
-        v = F.linear(value, w_v, b_v).view(B, Tk, h, hd).transpose(1, 2)
+        # [B, h, T, hd] made contiguous: otherwise Inductor can hand the CPU bmm operands whose (B, h)
+        # batch dims do not fold into one stride, and aten's bmm then loops over the batch
+        q = F.linear(query, w_q, b_q).view(B, Tq, h, hd).transpose(1, 2).contiguous()
+        k = F.linear(key, w_k, b_k).view(B, Tk, h, hd).transpose(1, 2).contiguous()
+        v = F.linear(value, w_v, b_v).view(B, Tk, h, hd).transpose(1, 2).contiguous()
         scores = torch.matmul(q * (1.0 / math.sqrt(hd)), k.transpose(-2, -1))  # [B, h, Tq, Tk]
         if attn_mask is not None:
             scores = _masked(scores, attn_mask if attn_mask.dim() == 2 else attn_mask.view(B, h, Tq, Tk))
@@ -88,6 +90,7 @@ def _hf_philox_attention(module, query, key, value, attention_mask, scaling=None
 
     if scaling is None:
         scaling = query.size(-1) ** -0.5
+    query, key, value = query.contiguous(), key.contiguous(), value.contiguous()  # see PhiloxMultiheadAttention
     weights = torch.matmul(query, key.transpose(2, 3)) * scaling
     if attention_mask is not None:
         weights = weights + attention_mask[:, :, :, : key.shape[-2]]

@@ -64,6 +64,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "amp": None,                 # None | bf16 | fp16 (fp16 only with a GradScaler on CUDA)
     "compile": True,             # torch.compile the forward+loss (False: eager)
     "compile_fullgraph": True,   # fullgraph=True first; a graph break falls back to fullgraph=False
+    "compile_options": None,     # Inductor options (torch.compile(options=...)); None: engine.default_compile_options
     "deterministic": True,       # torch.use_deterministic_algorithms(True, warn_only=True)
     "device": "auto",            # auto | cpu | cuda | cuda:N
     "threads": None,             # torch.set_num_threads

@@ -223,6 +223,30 @@ def test_compiled_fullgraph_matches_eager(store, cfg, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("options, expected", [(None, {"pick_loop_orders": False}), ({"max_autotune": False},
+                                                                                      {"max_autotune": False})])
+def test_compile_options_reach_torch_compile(store, cfg, tmp_path, monkeypatch, options, expected):
+    seen = []
+    real = torch.compile
+
+    def spy(fn, **kw):
+        seen.append(kw)
+        return real(fn, **kw)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    c = {**cfg, "epochs": 1, "drop_last": True, "compile": True, "compile_options": options}
+    _, res = _run(store, c, tmp_path / "c", dropout=0.0, pretrain_epochs=0)
+    assert res["compile"] == {"multimodal": "fullgraph"}
+    assert seen and all(kw["options"] == expected for kw in seen)
+
+
+def test_default_compile_options_per_device():
+    from msa_fast.train.engine import default_compile_options
+
+    assert default_compile_options(torch.device("cpu")) == {"pick_loop_orders": False}
+    assert default_compile_options(torch.device("cuda")) == {}
+
+
 def test_bf16_autocast_and_tensorboard(store, cfg, tmp_path):
     _, rec = _run(store, {**cfg, "epochs": 1, "amp": "bf16", "tensorboard": True,
                                     "progress": True}, tmp_path, pretrain_epochs=0)
