@@ -188,7 +188,8 @@ def test_bench_train_smoke(tmp_path, capsys, monkeypatch):
     from benchmarks import bench_train
     from msa_fast import bench
 
-    monkeypatch.setitem(bench_train.PROVIDERS, "compiled_fused", dict(compile=False, backend="auto"))
+    monkeypatch.setitem(bench_train.PROVIDERS, "compiled_fused", dict(compile=False, backend="auto",
+                                                                      dropout_impl="philox"))
     out = tmp_path / "r.csv"
     status = bench.run("train", ["--smoke", "--csv", str(out), "--workdir", str(tmp_path / "w")])
     assert status == 0
