@@ -13,10 +13,11 @@
   dtype) right before each optimiser step, i.e. after the whole accumulation group (no
   communication on micro-steps). With per-sample-mean losses and equal shard sizes this is exactly
   the gradient of the single-process global batch. Contrastive losses that must see the global batch
-  use :func:`gather_with_grad` inside the model.
+  take ``global_batch=True`` (:mod:`msa_fast.ops.distributed`: ``gather_rows``, whose backward returns
+  this rank's slice, plus ``ddp_loss_scale``), as the HyCon and MGCL models do.
 * Model state kept by hooks (``on_batch_end`` banks, e.g. SUGRM's feature bank) sees only the rank's
   shard; a model that needs the global view gathers it itself (:func:`all_gather_object`,
-  :func:`gather_with_grad`). Evaluation runs on every rank over the whole split (identical results,
+  ``msa_fast.ops.distributed.gather_rows``). Evaluation runs on every rank over the whole split (identical results,
   so early-stopping decisions agree without communication). A non-finite loss on one rank only is
   not propagated to the others (they would wait in the next all-reduce).
 * Metrics, logs and checkpoints are written by rank 0 only (:attr:`DistContext.is_main`); each rank's
@@ -147,7 +148,11 @@ def all_gather_object(obj, ctx: DistContext) -> list:
 
 def gather_with_grad(x: torch.Tensor, ctx: DistContext | None = None) -> torch.Tensor:
     """Concatenate ``x`` ([B_rank, ...], equal B on every rank) from all ranks along dim 0, keeping the
-    gradient path to this rank's part (for contrastive losses over the global batch)."""
+    gradient path to this rank's part.
+
+    Kept for code written against it; the models use ``msa_fast.ops.distributed.gather_rows`` instead
+    (uneven shards, and a backward that returns this rank's slice without communication). This one is
+    ``torch.distributed.nn.all_gather``, whose backward *sums* the gradient of this slice over ranks."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
     from torch.distributed.nn.functional import all_gather
