@@ -83,29 +83,11 @@ _OOM_MARKERS = ("can't allocate memory", "cannot allocate memory", "memoryerror"
 # The worker: one (loss, B, provider) point, run as `python bench_contrastive_scaling.py --worker SPEC`.
 
 
-def _status_kib(*keys: str) -> dict[str, int]:
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            name = line.split(":", 1)[0]
-            if name in keys:
-                out[name] = int(line.split()[1])
-    return out
-
-
-def _reset_hwm() -> bool:
-    """Reset VmHWM to the current RSS (Linux ≥ 4.0); False where that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _peak_kib(hwm_reset: bool) -> int:
+    from benchmarks import harness
+
     if hwm_reset:
-        return _status_kib("VmHWM")["VmHWM"]
+        return harness.proc_status_kib("VmHWM")["VmHWM"]
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -162,11 +144,11 @@ def _worker(spec: dict) -> None:
             return value
 
         gc.collect()
-        base = _status_kib("VmRSS", "VmSize")
+        base = harness.proc_status_kib("VmRSS", "VmSize")
         baseline_kib = base["VmRSS"]
         result.update(rss_baseline_mib=round(baseline_kib / 1024, 1),
                       vmsize_baseline_mib=round(base["VmSize"] / 1024, 1))
-        hwm_reset = _reset_hwm()
+        hwm_reset = harness.reset_rss_peak()
         result["hwm_reset"] = hwm_reset
         if spec["warmup"] or provider == "torch_compile":
             result["phase"] = "first call" + (" (compile)" if provider == "torch_compile" else "")
@@ -176,10 +158,10 @@ def _worker(spec: dict) -> None:
             result["first_call_s"] = round(time.perf_counter() - t_phase, 3)
             result["peak_rss_first_call_mib"] = round((_peak_kib(hwm_reset) - baseline_kib) / 1024, 1)
             gc.collect()
-        rss_before = _status_kib("VmRSS")["VmRSS"]
+        rss_before = harness.proc_status_kib("VmRSS")["VmRSS"]
         result.update(phase="timed call", rss_residue_mib=round((rss_before - baseline_kib) / 1024, 1))
         save()
-        hwm_reset = _reset_hwm() and hwm_reset
+        hwm_reset = harness.reset_rss_peak() and hwm_reset
         f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         c0 = time.process_time()
         t_phase = time.perf_counter()

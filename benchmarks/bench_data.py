@@ -87,22 +87,9 @@ def _tree_pss_mib() -> float:
 
 
 def _status_mib(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    from benchmarks import harness
 
-
-def _reset_peak() -> bool:
-    """Reset the kernel's RSS high-water mark (VmHWM) of this process: importing torch peaks far above
-    the RSS it settles at, which would hide the data path's own peak."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+    return harness.proc_status_kib(field).get(field, float("nan")) / 1024
 
 
 def _evict(path: str) -> None:
@@ -143,6 +130,7 @@ def child(cfg: dict) -> dict:
     import torch
 
     torch.set_num_threads(cfg.get("threads") or torch.get_num_threads())
+    from benchmarks import harness
     from msa_fast.data.loader import make_loader
     from msa_fast.data.mmsa_pickle import read_mmsa
 
@@ -151,7 +139,7 @@ def child(cfg: dict) -> dict:
     gc.collect()
     base = _tree_pss_mib()
     base_rss = _status_mib("VmRSS")
-    res: dict = {"baseline_pss_mib": base, "baseline_rss_mib": base_rss, "hwm_reset": _reset_peak()}
+    res: dict = {"baseline_pss_mib": base, "baseline_rss_mib": base_rss, "hwm_reset": harness.reset_rss_peak()}
     if cfg["source"] == "store":
         loader = make_loader(cfg["store"], "train", BATCH, shuffle=True, seed=0, num_workers=cfg["workers"],
                              pin_memory=False, prefetch_factor=cfg.get("prefetch", 2))

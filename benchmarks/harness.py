@@ -253,6 +253,29 @@ def make_step(fn: Callable[..., Any], args: Sequence[Any], mode: str) -> Step:
 # Speed.
 
 
+def proc_status_kib(*keys: str) -> dict[str, int]:
+    """Fields of /proc/self/status in KiB (e.g. ``VmRSS``, ``VmHWM``, ``VmSize``); absent keys are left out."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            name = line.split(":", 1)[0]
+            if name in keys:
+                out[name] = int(line.split()[1])
+    return out
+
+
+def reset_rss_peak() -> bool:
+    """Reset this process's RSS high-water mark (VmHWM) to its current RSS (Linux ≥ 4.0); False where that
+    is not possible. Importing torch peaks far above the RSS it settles at, which would hide a measured
+    step's own peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def _minor_faults() -> int:
     """Minor page faults of this process so far (first touches of freshly mapped memory)."""
     try:
