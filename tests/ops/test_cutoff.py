@@ -8,25 +8,13 @@ import torch
 
 import msa_fast.ops as ops
 from msa_fast.ops import reference
+from tests.ops.bitwise import assert_bit_equal, make
 from tests.ops.backends import BACKENDS
 
 MODES = ["feature", "token", "span"]
 SIDES = ["right", "left"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 SHAPES = [(3, 7, 5), (2, 13, 74), (1, 1, 1), (4, 1, 9)]
-
-
-def bits(t: torch.Tensor) -> torch.Tensor:
-    return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
-
-
-def assert_bit_equal(a: torch.Tensor, b: torch.Tensor) -> None:
-    assert a.dtype == b.dtype and a.shape == b.shape
-    assert torch.equal(bits(a.contiguous()), bits(b.contiguous())), "outputs differ bit-wise"
-
-
-def make(shape, dtype=torch.float32, device="cpu"):
-    return torch.randn(shape, dtype=torch.float32, device=device).to(dtype)
 
 
 def lengths_for(B, L, device="cpu"):
