@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from msa_fast.ops import _config, _dispatch, philox
+from msa_fast.ops import _config, _dispatch, _mask_replay, philox
 
 _MODES = ("feature", "token", "span")
 _SIDES = ("right", "left")
@@ -147,15 +147,7 @@ def cutoff_reference(x, ratio, mode="feature", seed=None, lengths=None, *, paddi
 
 
 # ----------------------------------------------------------------------------------------------
-# Registrations: fake tensors and autograd for the C++/CUDA op, the Triton op and its autograd.
-
-
-def _cutoff_fake(x, ratio, mode, seed, lengths, padding_side):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
-if _dispatch.native_built():
-    torch.library.register_fake("msa_fast::cutoff", _cutoff_fake)
+# Registrations: the Triton op; fake kernels and autograd (mask replay) in _mask_replay.
 
 
 @torch.library.triton_op("msa_fast::cutoff_triton", mutates_args=())
@@ -166,24 +158,7 @@ def _cutoff_triton(x: torch.Tensor, ratio: float, mode: str, seed: torch.Tensor,
     return cutoff_forward(x, ratio, mode, seed, lengths, padding_side)
 
 
-def _setup_context(ctx, inputs, output):
-    _, ctx.ratio, ctx.mode, seed, lengths, ctx.padding_side = inputs
-    ctx.save_for_backward(seed, lengths)
-
-
-def _backward_with(op):
-    def backward(ctx, grad):
-        seed, lengths = ctx.saved_tensors
-        return op(grad, ctx.ratio, ctx.mode, seed, lengths, ctx.padding_side), None, None, None, None, None
-
-    return backward
-
-
-if _dispatch.native_built():
-    torch.library.register_autograd("msa_fast::cutoff", _backward_with(torch.ops.msa_fast.cutoff.default),
-                                    setup_context=_setup_context)
-torch.library.register_autograd("msa_fast::cutoff_triton", _backward_with(torch.ops.msa_fast.cutoff_triton.default),
-                                setup_context=_setup_context)
+_mask_replay.register("cutoff", "cutoff_triton")  # backward re-cuts the gradient with the same seed
 
 
 # ----------------------------------------------------------------------------------------------

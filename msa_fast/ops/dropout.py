@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from msa_fast.ops import _dispatch, philox
+from msa_fast.ops import _dispatch, _mask_replay, philox
 
 
 # ----------------------------------------------------------------------------------------------
@@ -69,15 +69,7 @@ def dropout_reference(x, p=0.5, seed=None, *, training=True, return_seed=False):
 
 
 # ----------------------------------------------------------------------------------------------
-# Registrations: fake tensors and autograd for the C++/CUDA op, the Triton op and its autograd.
-
-
-def _dropout_fake(x, p, seed):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
-if _dispatch.native_built():
-    torch.library.register_fake("msa_fast::dropout", _dropout_fake)
+# Registrations: the Triton op; fake kernels and autograd (mask replay) in _mask_replay.
 
 
 @torch.library.triton_op("msa_fast::dropout_triton", mutates_args=())
@@ -87,24 +79,7 @@ def _dropout_triton(x: torch.Tensor, p: float, seed: torch.Tensor) -> torch.Tens
     return dropout_forward(x, p, seed)
 
 
-def _setup_context(ctx, inputs, output):
-    _, ctx.p, seed = inputs
-    ctx.save_for_backward(seed)
-
-
-def _backward_with(op):
-    def backward(ctx, grad):
-        (seed,) = ctx.saved_tensors
-        return op(grad, ctx.p, seed), None, None
-
-    return backward
-
-
-if _dispatch.native_built():
-    torch.library.register_autograd("msa_fast::dropout", _backward_with(torch.ops.msa_fast.dropout.default),
-                                    setup_context=_setup_context)
-torch.library.register_autograd("msa_fast::dropout_triton", _backward_with(torch.ops.msa_fast.dropout_triton.default),
-                                setup_context=_setup_context)
+_mask_replay.register("dropout", "dropout_triton")  # backward re-drops the gradient with the same seed
 
 
 # ----------------------------------------------------------------------------------------------
