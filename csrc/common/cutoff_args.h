@@ -11,6 +11,7 @@
 #include <string>
 
 #include "common/cutoff.h"
+#include "common/philox_args.h"
 
 namespace msa_fast {
 namespace cutoff {
@@ -46,12 +47,7 @@ inline Args check_args(const at::Tensor& x, double ratio, const std::string& mod
   TORCH_CHECK_VALUE(a.B * std::max(a.D, a.L) < (int64_t(1) << 32),
                     "msa_fast.ops.cutoff: B·max(D, L) = ", a.B * std::max(a.D, a.L),
                     " reaches 2^32, the Philox offset limit; split the batch");
-  TORCH_CHECK_VALUE(seed.numel() == 1 && seed.scalar_type() == at::kLong,
-                    "msa_fast.ops.cutoff: seed must be a 0-dim int64 tensor, got ", seed.scalar_type(),
-                    " of shape ", seed.sizes());
-  const int64_t s = seed.item<int64_t>();
-  TORCH_CHECK_VALUE(s >= 0, "msa_fast.ops.cutoff: seed must be non-negative, got ", s);
-  a.seed = static_cast<uint64_t>(s);
+  a.seed = philox::checked_seed(seed, "cutoff");
   a.feature_draws = draws_for(a.D, ratio);
   if (lengths.has_value()) {
     const at::Tensor& len = *lengths;

@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "common/philox_args.h"
+
 namespace msa_fast {
 namespace dropout {
 
@@ -18,12 +20,7 @@ inline Args check_args(const at::Tensor& x, double p, const at::Tensor& seed) {
   TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16 || dt == at::kDouble,
                    "msa_fast.ops.dropout: x must be float32, float16, bfloat16 or float64, got ", dt);
   TORCH_CHECK_VALUE(p >= 0.0 && p <= 1.0, "msa_fast.ops.dropout: p must lie in [0, 1], got ", p);
-  TORCH_CHECK_VALUE(seed.numel() == 1 && seed.scalar_type() == at::kLong,
-                    "msa_fast.ops.dropout: seed must be a 0-dim int64 tensor, got ", seed.scalar_type(),
-                    " of shape ", seed.sizes());
-  const int64_t s = seed.item<int64_t>();
-  TORCH_CHECK_VALUE(s >= 0, "msa_fast.ops.dropout: seed must be non-negative, got ", s);
-  return {static_cast<uint64_t>(s)};
+  return {philox::checked_seed(seed, "dropout")};
 }
 
 }  // namespace dropout
