@@ -30,10 +30,6 @@ VARIANTS = {"feature": ("feature", 0.2), "token": ("token", 0.2)}
 SEED = 20240607
 
 
-def _shape_str(shape) -> str:
-    return "x".join(str(s) for s in shape)
-
-
 def make_cases(shapes, variants, providers, backend: str, dtype: torch.dtype, device: torch.device):
     import msa_fast.ops as ops
     from msa_fast.ops import reference
@@ -44,9 +40,7 @@ def make_cases(shapes, variants, providers, backend: str, dtype: torch.dtype, de
             mode, ratio = VARIANTS[variant]
 
             def make_args(shape=shape):
-                g = torch.Generator().manual_seed(0)
-                x = torch.randn(shape, generator=g, dtype=torch.float32).to(device=device, dtype=dtype)
-                return x.requires_grad_(), torch.tensor(SEED, dtype=torch.int64)
+                return harness.seeded_input(shape, dtype, device), torch.tensor(SEED, dtype=torch.int64)
 
             def fused(x, seed, mode=mode, ratio=ratio):
                 return ops.cutoff(x, ratio, mode, seed, backend=backend)
@@ -58,7 +52,7 @@ def make_cases(shapes, variants, providers, backend: str, dtype: torch.dtype, de
             if "torch_compile" in providers:
                 table["torch_compile"] = harness.compiled(eager)
             cases.append(harness.Case(
-                kernel="cutoff", x_name="shape", x_value=_shape_str(shape), make_args=make_args,
+                kernel="cutoff", x_name="shape", x_value=harness.shape_str(shape), make_args=make_args,
                 providers={p: table[p] for p in providers}, variant=f"{mode} r={ratio}",
                 config={"shape": list(shape), "dtype": str(dtype).replace("torch.", ""), "backend": backend,
                         "mode": mode, "ratio": ratio, "device": str(device)}))

@@ -43,9 +43,7 @@ def make_cases(shapes, variants, providers, backend: str, dtype: torch.dtype, de
             p = VARIANTS[variant]
 
             def make_args(shape=shape):
-                g = torch.Generator().manual_seed(0)
-                x = torch.randn(shape, generator=g, dtype=torch.float32).to(device=device, dtype=dtype)
-                return x.requires_grad_(), torch.tensor(SEED, dtype=torch.int64)
+                return harness.seeded_input(shape, dtype, device), torch.tensor(SEED, dtype=torch.int64)
 
             def fused(x, seed, p=p):
                 return ops.dropout(x, p, seed, backend=backend)
@@ -60,7 +58,7 @@ def make_cases(shapes, variants, providers, backend: str, dtype: torch.dtype, de
             if "torch_compile" in providers:
                 table["torch_compile"] = harness.compiled(torch_eager)
             cases.append(harness.Case(
-                kernel="dropout", x_name="shape", x_value="x".join(str(s) for s in shape), make_args=make_args,
+                kernel="dropout", x_name="shape", x_value=harness.shape_str(shape), make_args=make_args,
                 providers={p_: table[p_] for p_ in providers}, variant=variant,
                 config={"shape": list(shape), "dtype": str(dtype).replace("torch.", ""), "backend": backend,
                         "p": p, "device": str(device), "reference_is": "torch.nn.functional.dropout"}))

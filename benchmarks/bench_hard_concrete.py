@@ -35,10 +35,6 @@ VARIANTS = {"clamp": None, "threshold": 0.5}
 SEED = 20240607
 
 
-def _shape_str(shape) -> str:
-    return "x".join(str(s) for s in shape)
-
-
 def make_cases(shapes, variants, providers, backend: str, dtype: torch.dtype, device: torch.device):
     import msa_fast.ops as ops
     from msa_fast.ops import reference
@@ -49,9 +45,7 @@ def make_cases(shapes, variants, providers, backend: str, dtype: torch.dtype, de
             threshold = VARIANTS[variant]
 
             def make_args(shape=shape):
-                g = torch.Generator().manual_seed(0)
-                log_alpha = torch.randn(shape, generator=g, dtype=torch.float32).to(device=device, dtype=dtype)
-                return log_alpha.requires_grad_(), torch.tensor(SEED, dtype=torch.int64)
+                return harness.seeded_input(shape, dtype, device), torch.tensor(SEED, dtype=torch.int64)
 
             def fused(log_alpha, seed, threshold=threshold):
                 return ops.hard_concrete(log_alpha, threshold=threshold, training=True, seed=seed, backend=backend)
@@ -75,7 +69,7 @@ def make_cases(shapes, variants, providers, backend: str, dtype: torch.dtype, de
             table["torch_rand"] = torch_rand
             name = "clamp" if threshold is None else f"threshold {threshold}"
             cases.append(harness.Case(
-                kernel="hard_concrete", x_name="shape", x_value=_shape_str(shape), make_args=make_args,
+                kernel="hard_concrete", x_name="shape", x_value=harness.shape_str(shape), make_args=make_args,
                 providers={p: table[p] for p in providers}, variant=f"train {name}",
                 config={"shape": list(shape), "dtype": str(dtype).replace("torch.", ""), "backend": backend,
                         "training": True, "threshold": threshold, "ste": "clamp", "noise": "philox(seed)",

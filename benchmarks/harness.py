@@ -253,6 +253,19 @@ def make_step(fn: Callable[..., Any], args: Sequence[Any], mode: str) -> Step:
 # Speed.
 
 
+def shape_str(shape) -> str:
+    """``(256, 500, 74)`` → ``'256x500x74'``: the ``x_value`` of shape-swept cases."""
+    return "x".join(str(s) for s in shape)
+
+
+def seeded_input(shape, dtype: torch.dtype, device, *, requires_grad: bool = True) -> torch.Tensor:
+    """The benchmark input of an elementwise op: standard normal from a fixed generator (seed 0), drawn in
+    fp32 and cast, so every provider, dtype and run times the same values."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g, dtype=torch.float32).to(device=device, dtype=dtype)
+    return x.requires_grad_(requires_grad)
+
+
 def proc_status_kib(*keys: str) -> dict[str, int]:
     """Fields of /proc/self/status in KiB (e.g. ``VmRSS``, ``VmHWM``, ``VmSize``); absent keys are left out."""
     out = {}
