@@ -17,12 +17,14 @@ Providers (timed interleaved in one run, round robin with the starting provider 
 the Python GC collected before and disabled during each timed step, as benchmarks/harness.py does):
 
 * ``eager_reference``: config ``compile=False``, ``backend='reference'`` (the pure-PyTorch dense
-  contrastive losses of msa_fast.ops.reference) and ``dropout_impl='torch'`` (torch.nn.Dropout and
-  nn.MultiheadAttention's own attention dropout: the model as plain PyTorch writes it);
+  contrastive losses of msa_fast.ops.reference), ``dropout_impl='torch'`` (torch.nn.Dropout and
+  nn.MultiheadAttention's own attention dropout) and ``optimizer_impl='torch'`` (torch's default
+  AdamW implementation, the for-loop one on CPU): the model and loop as plain PyTorch writes them;
 * ``compiled_fused``: config ``compile=True`` (the engine's ``torch.compile(forward_loss,
   fullgraph=True)``, falling back to graph breaks as the engine does; the mode used is recorded),
   ``backend='auto'`` (the fused C++ kernels on CPU; the resolved backend is recorded) and
-  ``dropout_impl='philox'`` (every dropout mask from msa_fast.ops.dropout, msa_fast/models/dropout.py).
+  ``dropout_impl='philox'`` (every dropout mask from msa_fast.ops.dropout, msa_fast/models/dropout.py)
+  and ``optimizer_impl='fused'`` (the engine's default: torch's fused AdamW kernel).
 
 Both providers start from the same weights (same seed) and read the same batch sequence.
 
@@ -104,8 +106,8 @@ SCENARIOS = {
     "finetune_b64": dict(batch=64, text_features=False, target=1.2),
 }
 PROVIDERS = {
-    "eager_reference": dict(compile=False, backend="reference", dropout_impl="torch"),
-    "compiled_fused": dict(compile=True, backend="auto", dropout_impl="philox"),
+    "eager_reference": dict(compile=False, backend="reference", dropout_impl="torch", optimizer_impl="torch"),
+    "compiled_fused": dict(compile=True, backend="auto", dropout_impl="philox", optimizer_impl="fused"),
 }
 BASELINE, FUSED = "eager_reference", "compiled_fused"
 #: MGCL's architecture keys taken from PRESETS['quick']['mgcl'] with --mgcl-preset quick (its other
@@ -146,7 +148,7 @@ def model_config(model: str, scenario: str, provider: str, batch: int, mgcl_pres
                 batch_size=batch)
     if smoke and not sc["text_features"]:
         mcfg["text_model"] = "random"  # a 2-layer 128-d BERT: the smoke test checks plumbing, not speed
-    extra = {"compile": pv["compile"], "progress": False, "log_every": 0, "device": "cpu"}
+    extra = {"compile": pv["compile"], "optimizer_impl": pv["optimizer_impl"], "progress": False, "log_every": 0, "device": "cpu"}
     return resolve_config(model, "mosei", model_cfg=mcfg, extra=extra, overrides=overrides)
 
 

@@ -189,7 +189,8 @@ def test_bench_train_smoke(tmp_path, capsys, monkeypatch):
     from msa_fast import bench
 
     monkeypatch.setitem(bench_train.PROVIDERS, "compiled_fused", dict(compile=False, backend="auto",
-                                                                      dropout_impl="philox"))
+                                                                      dropout_impl="philox",
+                                                                      optimizer_impl="fused"))
     out = tmp_path / "r.csv"
     status = bench.run("train", ["--smoke", "--csv", str(out), "--workdir", str(tmp_path / "w")])
     assert status == 0

@@ -53,6 +53,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "betas": [0.9, 0.999],
     "eps": 1e-8,
     "momentum": 0.0,             # sgd only
+    "optimizer_impl": "fused",   # fused: torch's single-kernel update (fused=True) | torch: torch's default choice
     "grad_accum": 1,             # micro-batches per optimiser step
     "accum_scale": "mean",       # mean: loss / grad_accum; sum: each micro-batch loss unscaled (SUGRM)
     "accum_partial": "discard",  # a trailing incomplete group: discard (SUGRM) | step

@@ -247,6 +247,23 @@ def test_default_compile_options_per_device():
     assert default_compile_options(torch.device("cuda")) == {}
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "adam", "sgd"])
+def test_optimizer_impl_fused_matches_torch_default(store, cfg, tmp_path, optimizer):
+    c = {**cfg, "epochs": 1, "optimizer": optimizer, "momentum": 0.9, "weight_decay": 0.01}
+    runs = {}
+    for impl in ("fused", "torch"):
+        tr, res = _run(store, {**c, "optimizer_impl": impl}, tmp_path / impl, dropout=0.0)
+        assert bool(tr.updates[0].optimizer.defaults.get("fused")) == (impl == "fused")
+        runs[impl] = tr.model.state_dict()
+    for k, v in runs["torch"].items():
+        torch.testing.assert_close(runs["fused"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_unknown_optimizer_impl_is_named(store, cfg, tmp_path):
+    with pytest.raises(ValueError, match="optimizer_impl 'fast'.*fused, torch"):
+        _run(store, {**cfg, "optimizer_impl": "fast"}, tmp_path)
+
+
 def test_bf16_autocast_and_tensorboard(store, cfg, tmp_path):
     _, rec = _run(store, {**cfg, "epochs": 1, "amp": "bf16", "tensorboard": True,
                                     "progress": True}, tmp_path, pretrain_epochs=0)
