@@ -51,6 +51,9 @@ TORCH_LIBRARY(msa_fast, m) {
   // Dropout with a counter-based Philox mask (spec: msa_fast/ops/dropout.py): x · keep / (1 − p). Backward is the same
   // op on the upstream gradient with the same seed; the mask is never stored.
   m.def("dropout(Tensor x, float p, Tensor seed) -> Tensor");
+  // dropout_words (CPU, for tests): the mask words of blocks first_block .. first_block + blocks - 1 from
+  // one of the CPU kernel's two Philox paths, path = "avx2" | "portable" (int64 [4 * blocks]).
+  m.def("dropout_words(Tensor seed, int first_block, int blocks, str path) -> Tensor");
 
   // Hard Concrete gates (ops.md §7). Returns (z, s_bar); s_bar is empty unless with_s_bar.
   // `ste` ('clamp' or 'sbar') only shapes the gradient; the forward takes it so that the registered

@@ -67,9 +67,11 @@ MSA_HD uint32_t philox_index(uint32_t r, uint32_t n) {
   return static_cast<uint32_t>((static_cast<uint64_t>(r) * n) >> 32);
 }
 
-// u = (2·(r >> 9) + 1)·2⁻²⁴: exact in fp32, never 0 or 1 (unlike tl.rand's conversion).
+// u = (2·(r >> 9) + 1)·2⁻²⁴: exact in fp32, never 0 or 1 (unlike tl.rand's conversion). The integer is
+// below 2²⁵, so it converts through int32: x86 has a vector int32→float conversion but none from uint32,
+// and GCC's uint32 emulation made this conversion cost as much as the Philox rounds in dropout's loop.
 MSA_HD float philox_uniform(uint32_t r) {
-  return static_cast<float>(2u * (r >> 9) + 1u) * 5.9604644775390625e-08f;
+  return static_cast<float>(static_cast<int32_t>(2u * (r >> 9) + 1u)) * 5.9604644775390625e-08f;
 }
 
 }  // namespace msa_fast

@@ -101,6 +101,41 @@ def test_element_i_uses_word_i_mod_4_of_philox_block_i_div_4():
         assert (out[i] != 0) == (u >= 0.5), i
 
 
+def _reference_words(seed: int, first: int, blocks: int) -> torch.Tensor:
+    from msa_fast.ops import philox
+
+    n = torch.arange(first, first + blocks, dtype=torch.int64)
+    s = torch.tensor(seed, dtype=torch.int64)
+    words = philox.philox_block(n & philox.MASK32, n >> 32, torch.zeros_like(n), torch.zeros_like(n),
+                                (s & philox.MASK32).expand(blocks), ((s >> 32) & philox.MASK32).expand(blocks))
+    return torch.stack(words, dim=-1).reshape(-1)
+
+
+def _cpu_paths():
+    paths = ["portable"]
+    try:
+        torch.ops.msa_fast.dropout_words(torch.tensor(0), 0, 1, "avx2")
+        paths.append("avx2")
+    except RuntimeError as e:  # no AVX2 on this CPU or build: the portable path is the one in use
+        assert "no AVX2 path" in str(e)
+    return paths
+
+
+@pytest.mark.parametrize("path", _cpu_paths())
+@pytest.mark.parametrize("seed, first, blocks", [(0, 0, 1), (123, 5, 97), (2**40 + 12345, 2**32 - 37, 200),
+                                                 (2**63 - 1, 2**33 + 3, 64)])
+def test_cpu_philox_paths_match_the_reference_words(path, seed, first, blocks):
+    """The C++ kernel's two Philox paths (AVX2 intrinsics, portable vectorised loop) give the reference's
+    words, including 64-bit counters that carry into hi32 inside one batch — beyond any tensor's size."""
+    got = torch.ops.msa_fast.dropout_words(torch.tensor(seed), first, blocks, path)
+    assert torch.equal(got, _reference_words(seed, first, blocks))
+
+
+def test_dropout_words_bad_path_is_named():
+    with pytest.raises(RuntimeError, match="path must be 'avx2' or 'portable', got 'sse'"):
+        torch.ops.msa_fast.dropout_words(torch.tensor(0), 0, 1, "sse")
+
+
 def test_p_zero_copies_p_one_zeroes_and_eval_is_identity():
     x = make((5, 8))
     out = ops.dropout(x, 0.0, 1)
