@@ -72,9 +72,11 @@ benchmark keeps that (``--set deterministic=false`` measures without it). Thread
 waiting for each other whenever one is descheduled (a small Transformer layer measured 12x slower
 with 2 threads than with 1 at a load average of 7).
 
-    python benchmarks/bench_train.py              # both models, both scenarios, 3 timed steps each:
-                                                  # ~10 min on a quiet 2-core machine with Inductor's
-                                                  # cache warm (a cold compile adds 2-3 min per case)
+    python benchmarks/bench_train.py              # both models, both scenarios, 5 timed steps each
+                                                  # (the fine-tuning ratio moves by ±5 % between runs
+                                                  # at 3): ~14 min on a quiet 2-core machine with
+                                                  # Inductor's cache warm (a cold compile adds 2-3 min
+                                                  # per case)
     python benchmarks/bench_train.py --models hycon --scenarios cached_b1024 --steps 10
     python benchmarks/bench_train.py --mgcl-preset paper --models mgcl --scenarios finetune_b64
     python benchmarks/bench_train.py --smoke                      # tiny batches, 1 step: a plumbing test
@@ -548,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma list of {', '.join(MODELS)}")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma list of {', '.join(SCENARIOS)}")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per provider")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per provider")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per provider (compilation: first)")
     parser.add_argument("--providers", default=",".join(PROVIDERS), help=f"comma list of {', '.join(PROVIDERS)}")
     parser.add_argument("--mgcl-preset", choices=("quick", "paper"), default="quick",
