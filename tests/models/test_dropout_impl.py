@@ -93,6 +93,38 @@ def test_philox_attention_drops_attention_weights():
     assert torch.equal(mha(x, x, x)[0], mha(x, x, x)[0])
 
 
+def test_philox_bert_in_eval_mode_matches_its_own_attention_with_padding(monkeypatch):
+    """An encoder converted while in eval mode stays in eval mode (its new dropouts too), and the
+    'msa_fast_philox' key-padding mask ([B, 1, 1, kv]) gives Hugging Face's outputs on padded batches."""
+    from msa_fast.models import dropout as philox_models
+    from msa_fast.text import random_text_encoder
+
+    torch.manual_seed(0)
+    enc = random_text_encoder(warn=False, **TINY["text_random_config"]).eval()
+    ids = torch.randint(5, 100, (4, 11))
+    mask = torch.ones(4, 11, dtype=torch.long)
+    mask[1, 6:] = 0
+    mask[3, 2:] = 0
+    with torch.no_grad():
+        expected = enc(input_ids=ids, attention_mask=mask).last_hidden_state
+    shapes = []
+    real = philox_models._hf_key_padding_mask
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        shapes.append(tuple(out.shape))
+        return out
+
+    philox_models.use_philox_dropout(enc)
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+    monkeypatch.setitem(ALL_MASK_ATTENTION_FUNCTIONS._global_mapping, philox_models.HF_ATTENTION, spy)
+    assert not any(m.training for m in enc.modules())
+    with torch.no_grad():
+        got = enc(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert shapes == [(4, 1, 1, 11)]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_unsupported_attention_options_fail_clearly():
     mha = PhiloxMultiheadAttention(8, 2, dropout=0.5, batch_first=True, add_bias_kv=True)
     x = torch.randn(2, 3, 8)
