@@ -150,7 +150,8 @@ def model_config(model: str, scenario: str, provider: str, batch: int, mgcl_pres
                 batch_size=batch)
     if smoke and not sc["text_features"]:
         mcfg["text_model"] = "random"  # a 2-layer 128-d BERT: the smoke test checks plumbing, not speed
-    extra = {"compile": pv["compile"], "optimizer_impl": pv["optimizer_impl"], "progress": False, "log_every": 0, "device": "cpu"}
+    extra = {"compile": pv["compile"], "optimizer_impl": pv["optimizer_impl"], "progress": False, "log_every": 0,
+             "device": "cpu"}
     return resolve_config(model, "mosei", model_cfg=mcfg, extra=extra, overrides=overrides)
 
 

@@ -39,16 +39,20 @@ def _check(x, p) -> None:
 # Reference (the spec above): Philox in integer PyTorch, the keep rule, torch.where.
 
 
-def keep_mask(x: torch.Tensor, p: float, seed: torch.Tensor) -> torch.Tensor:
-    """bool, x's shape: the elements dropout keeps for ``(p, seed)`` (row-major element order)."""
-    n = x.numel()
-    element = torch.arange(n, device=x.device, dtype=torch.int64)
-    counter = element >> 2
-    seed = seed.to(device=x.device, dtype=torch.int64)
+def block_words(counter: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+    """int64 ``[n, 4]``: the four output words of the Philox blocks at the 64-bit ``counter`` values [n]."""
+    n = counter.numel()
+    seed = seed.to(device=counter.device, dtype=torch.int64)
     words = philox.philox_block(counter & philox.MASK32, counter >> 32, torch.zeros_like(counter),
                                 torch.zeros_like(counter), (seed & philox.MASK32).expand(n),
                                 ((seed >> 32) & philox.MASK32).expand(n))
-    r = torch.stack(words, dim=-1).gather(-1, (element & 3)[:, None])[:, 0]
+    return torch.stack(words, dim=-1)
+
+
+def keep_mask(x: torch.Tensor, p: float, seed: torch.Tensor) -> torch.Tensor:
+    """bool, x's shape: the elements dropout keeps for ``(p, seed)`` (row-major element order)."""
+    element = torch.arange(x.numel(), device=x.device, dtype=torch.int64)
+    r = block_words(element >> 2, seed).gather(-1, (element & 3)[:, None])[:, 0]
     keep = philox.uniform(r) >= torch.tensor(p, dtype=torch.float32, device=x.device)
     return keep.reshape(x.shape)
 

@@ -101,16 +101,6 @@ def test_element_i_uses_word_i_mod_4_of_philox_block_i_div_4():
         assert (out[i] != 0) == (u >= 0.5), i
 
 
-def _reference_words(seed: int, first: int, blocks: int) -> torch.Tensor:
-    from msa_fast.ops import philox
-
-    n = torch.arange(first, first + blocks, dtype=torch.int64)
-    s = torch.tensor(seed, dtype=torch.int64)
-    words = philox.philox_block(n & philox.MASK32, n >> 32, torch.zeros_like(n), torch.zeros_like(n),
-                                (s & philox.MASK32).expand(blocks), ((s >> 32) & philox.MASK32).expand(blocks))
-    return torch.stack(words, dim=-1).reshape(-1)
-
-
 def _cpu_paths():
     paths = ["portable"]
     try:
@@ -128,7 +118,10 @@ def test_cpu_philox_paths_match_the_reference_words(path, seed, first, blocks):
     """The C++ kernel's two Philox paths (AVX2 intrinsics, portable vectorised loop) give the reference's
     words, including 64-bit counters that carry into hi32 inside one batch — beyond any tensor's size."""
     got = torch.ops.msa_fast.dropout_words(torch.tensor(seed), first, blocks, path)
-    assert torch.equal(got, _reference_words(seed, first, blocks))
+    from msa_fast.ops.dropout import block_words
+
+    counters = torch.arange(first, first + blocks, dtype=torch.int64)
+    assert torch.equal(got, block_words(counters, torch.tensor(seed)).reshape(-1))
 
 
 def test_dropout_words_bad_path_is_named():
