@@ -108,8 +108,10 @@ SCENARIOS = {
     "finetune_b64": dict(batch=64, text_features=False, target=1.2),
 }
 PROVIDERS = {
-    "eager_reference": dict(compile=False, backend="reference", dropout_impl="torch", optimizer_impl="torch"),
-    "compiled_fused": dict(compile=True, backend="auto", dropout_impl="philox", optimizer_impl="fused"),
+    "eager_reference": dict(compile=False, backend="reference", dropout_impl="torch", optimizer_impl="torch",
+                            text_impl="hf"),
+    "compiled_fused": dict(compile=True, backend="auto", dropout_impl="philox", optimizer_impl="fused",
+                           text_impl="packed"),
 }
 BASELINE, FUSED = "eager_reference", "compiled_fused"
 #: MGCL's architecture keys taken from PRESETS['quick']['mgcl'] with --mgcl-preset quick (its other
@@ -147,7 +149,7 @@ def model_config(model: str, scenario: str, provider: str, batch: int, mgcl_pres
     if model == "mgcl":
         mcfg.update(mgcl_preset_keys(mgcl_preset))
     mcfg.update(text_features=sc["text_features"], backend=pv["backend"], dropout_impl=pv["dropout_impl"],
-                batch_size=batch)
+                text_impl=pv["text_impl"], batch_size=batch)
     if smoke and not sc["text_features"]:
         mcfg["text_model"] = "random"  # a 2-layer 128-d BERT: the smoke test checks plumbing, not speed
     extra = {"compile": pv["compile"], "optimizer_impl": pv["optimizer_impl"], "progress": False, "log_every": 0,

@@ -45,6 +45,10 @@ _TEXT = dict(
     # mask regenerated in backward; msa_fast/models/dropout.py) | 'torch' (torch.nn.Dropout and
     # nn.MultiheadAttention's own dropout, as built). Same distribution, different random stream.
     dropout_impl="philox",
+    # how a fine-tuned text encoder runs: 'packed' (only the token positions the model reads and the valid
+    # keys they attend to; the same values there; msa_fast/models/text_packing.py) | 'hf' (Hugging Face's
+    # forward on all L positions, padding included)
+    text_impl="packed",
     weight_decay=0.0,
 )
 

@@ -12,6 +12,7 @@ batch, and the torch.export wrapper (:class:`Predictor`, :func:`export_predictor
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 
@@ -150,12 +151,23 @@ class TextEncoder(nn.Module):
     ``text_model``: None (the packaged default), a local directory, or ``'random'`` (a small random BERT,
     ``random_config`` overrides its config). ``use_features=True`` builds no encoder and reads
     ``batch.text_feat`` (width ``d_t`` from the data). ``freeze``: no gradient into the encoder, which
-    then runs under ``torch.no_grad`` in eval mode."""
+    then runs under ``torch.no_grad`` in eval mode.
 
-    def __init__(self, text_model=None, *, use_features=False, d_t=None, random_config=None, freeze=False):
+    ``impl``: ``'packed'`` runs the encoder only on the positions the model reads (``reads(mask) → bool
+    [B, L]``, set by the model; :mod:`msa_fast.models.text_packing`), zero at the others; ``'hf'`` runs
+    Hugging Face's forward on every position. With ``reads=None`` both return every position."""
+
+    def __init__(self, text_model=None, *, use_features=False, d_t=None, random_config=None, freeze=False,
+                 impl="packed", reads=None):
         super().__init__()
+        from msa_fast.models import text_packing
+
+        if impl not in text_packing.IMPLS:
+            raise ValueError(f"text_impl must be one of {text_packing.IMPLS}, got {impl!r}")
         self.use_features = bool(use_features)
         self.freeze = bool(freeze)
+        self.impl = impl
+        self.reads = reads
         if self.use_features:
             if d_t is None:
                 raise ValueError("text_features=True needs the width of the cached text features: the data dims "
@@ -169,6 +181,8 @@ class TextEncoder(nn.Module):
             else:
                 self.encoder = _text.load_text_encoder(text_model)
             self.width = int(self.encoder.config.hidden_size)
+            if impl == "packed":
+                text_packing.check_packable(self.encoder)
             if self.freeze:
                 for p in self.encoder.parameters():
                     p.requires_grad_(False)
@@ -196,12 +210,28 @@ class TextEncoder(nn.Module):
         mask = torch.ones_like(ids) if mask is None else mask.long()
         tt = field(batch, "text_type")
         tt = torch.zeros_like(ids) if tt is None else tt.long()
-        if self.freeze:
-            with torch.no_grad():
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
+            if self.impl == "packed" and self.reads is not None:
+                from msa_fast.models.text_packing import packed_hidden
+
+                H = packed_hidden(self.encoder, ids, mask, tt, self.reads(mask.bool()))
+            else:
                 H = self.encoder(input_ids=ids, attention_mask=mask, token_type_ids=tt).last_hidden_state
-        else:
-            H = self.encoder(input_ids=ids, attention_mask=mask, token_type_ids=tt).last_hidden_state
         return H, mask.bool()
+
+
+def conv_last_step_reads(valid: torch.Tensor, *, kernel: int, padding: int, mode: str) -> torch.Tensor:
+    """The text positions HyCon reads (bool ``[B, L]``): ``x_l`` is the conv output at the last step only
+    (:func:`last_step` of ``mask.sum(1)``), and that output's window is ``kernel`` inputs from ``step − padding``."""
+    B, L = valid.shape
+    steps = L + 2 * padding - kernel + 1
+    if mode == "padded":
+        t = torch.full((B,), steps - 1, dtype=torch.long, device=valid.device)
+    else:
+        t = (valid.sum(1) - 1).clamp(min=0, max=steps - 1)
+    start = (t - padding)[:, None]
+    pos = torch.arange(L, device=valid.device)[None, :]
+    return (pos >= start) & (pos < start + kernel)
 
 
 def last_step(X: torch.Tensor, lengths: torch.Tensor | None, mode: str) -> torch.Tensor:
@@ -361,7 +391,10 @@ class HyCon(MSAModel):
         d = int(cfg["d"])
         k = int(cfg["conv_kernel"])
         self.text = TextEncoder(cfg["text_model"], use_features=cfg["text_features"], d_t=dims.d_t,
-                                random_config=cfg["text_random_config"], freeze=cfg["freeze_text"])
+                                random_config=cfg["text_random_config"], freeze=cfg["freeze_text"],
+                                impl=cfg["text_impl"],
+                                reads=functools.partial(conv_last_step_reads, kernel=k, padding=k // 2,
+                                                        mode=cfg["last_step"]))
         self.uses_text_features = bool(cfg["text_features"])
         self.conv_l = nn.Conv1d(self.text.width, d, k, padding=k // 2, bias=False)
         self.conv_a = nn.Conv1d(dims.d_a, d, k, padding=k // 2, bias=False)

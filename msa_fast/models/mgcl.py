@@ -45,6 +45,14 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
+def valid_and_first_reads(valid: torch.Tensor) -> torch.Tensor:
+    """The text positions MGCL reads (bool ``[B, L]``): every valid one (masked means, the micro sequence,
+    the fusion's keys) and position 0 (the macro vector ``H_t[:, 0]``, read even when the sample is empty)."""
+    first = torch.zeros_like(valid)
+    first[:, 0] = True
+    return valid | first
+
+
 def enhanced_micro(H: torch.Tensor, mask: torch.Tensor, k: int = 3) -> torch.Tensor:
     """``[H ; AvgPool_k(H) ; ΔH]`` ``[B, T, 3W]`` (models.md §5.2): the average has stride 1 and same
     padding and counts only valid positions; ``ΔH[:, τ] = H[:, τ] − H[:, τ−1]``, ``ΔH[:, 0] = 0``; all
@@ -184,7 +192,8 @@ class MGCL(MSAModel):
         self.neg_weight = "none" if "weight" in ab else cfg["neg_weight"]
         dp = int(cfg["d_p"])
         self.text = TextEncoder(cfg["text_model"], use_features=cfg["text_features"], d_t=dims.d_t,
-                                random_config=cfg["text_random_config"])
+                                random_config=cfg["text_random_config"], impl=cfg["text_impl"],
+                                reads=valid_and_first_reads)
         self.uses_text_features = bool(cfg["text_features"])
         wt, wav = self.text.width, int(cfg["av_dim"])
         av = dict(width=wav, heads=cfg["av_heads"], ffn=cfg["av_ffn"], dropout=cfg["av_dropout"],

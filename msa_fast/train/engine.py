@@ -579,8 +579,15 @@ class Trainer:
         options = default_compile_options(self.device) if options is None else dict(options)
         compiled_full = torch.compile(forward_loss, fullgraph=bool(self.cfg["compile_fullgraph"]), options=options)
         state = {"fn": compiled_full, "checked": False}
+        # the packed text encoder's kept-row count is data-dependent (text_packing.py): traced as an unbacked
+        # size, so one graph serves every batch instead of a graph break (or a recompile per length)
+        tracing = dynamo.config.patch(capture_dynamic_output_shape_ops=True)
 
         def call(batch):
+            with tracing:
+                return _call(batch)
+
+        def _call(batch):
             if state["checked"]:
                 return state["fn"](batch)
             try:
