@@ -18,13 +18,16 @@ the Python GC collected before and disabled during each timed step, as benchmark
 
 * ``eager_reference``: config ``compile=False``, ``backend='reference'`` (the pure-PyTorch dense
   contrastive losses of msa_fast.ops.reference), ``dropout_impl='torch'`` (torch.nn.Dropout and
-  nn.MultiheadAttention's own attention dropout) and ``optimizer_impl='torch'`` (torch's default
-  AdamW implementation, the for-loop one on CPU): the model and loop as plain PyTorch writes them;
+  nn.MultiheadAttention's own attention dropout), ``optimizer_impl='torch'`` (torch's default
+  AdamW implementation, the for-loop one on CPU) and ``text_impl='hf'`` (Hugging Face's forward of the
+  text encoder over all 50 positions, padding included): the model and loop as plain PyTorch writes them;
 * ``compiled_fused``: config ``compile=True`` (the engine's ``torch.compile(forward_loss,
   fullgraph=True)``, falling back to graph breaks as the engine does; the mode used is recorded),
-  ``backend='auto'`` (the fused C++ kernels on CPU; the resolved backend is recorded) and
-  ``dropout_impl='philox'`` (every dropout mask from msa_fast.ops.dropout, msa_fast/models/dropout.py)
-  and ``optimizer_impl='fused'`` (the engine's default: torch's fused AdamW kernel).
+  ``backend='auto'`` (the fused C++ kernels on CPU; the resolved backend is recorded),
+  ``dropout_impl='philox'`` (every dropout mask from msa_fast.ops.dropout, msa_fast/models/dropout.py),
+  ``optimizer_impl='fused'`` (the engine's default: torch's fused AdamW kernel) and ``text_impl='packed'``
+  (the default: a fine-tuned text encoder runs only on the positions the model reads and the valid keys
+  they attend to, msa_fast/models/text_packing.py; no effect with cached text features).
 
 Both providers start from the same weights (same seed) and read the same batch sequence.
 
@@ -313,7 +316,8 @@ class Runner:
              "text_features": bool(c["text_features"]), "backend": c["backend"], "compile": bool(c["compile"]),
              "compile_mode": self.trainer._compile_mode.get(self.si, "eager"), "optimizer": c["optimizer"],
              "lr": self.stage.extra.get("lr", c["lr"]), "nan_check": bool(c["nan_check"]),
-             "deterministic": bool(c["deterministic"]), "params": self.params, "trainable_params": self.trainable}
+             "deterministic": bool(c["deterministic"]), "params": self.params, "trainable_params": self.trainable,
+             "dropout_impl": c["dropout_impl"], "optimizer_impl": c["optimizer_impl"], "text_impl": c["text_impl"]}
         if self.name == "mgcl":
             d.update({k: c[k] for k in MGCL_ARCH_KEYS})
         else:

@@ -190,7 +190,8 @@ def test_bench_train_smoke(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setitem(bench_train.PROVIDERS, "compiled_fused", dict(compile=False, backend="auto",
                                                                       dropout_impl="philox",
-                                                                      optimizer_impl="fused"))
+                                                                      optimizer_impl="fused",
+                                                                      text_impl="packed"))
     out = tmp_path / "r.csv"
     status = bench.run("train", ["--smoke", "--csv", str(out), "--workdir", str(tmp_path / "w")])
     assert status == 0
@@ -212,4 +213,6 @@ def test_bench_train_smoke(tmp_path, capsys, monkeypatch):
         assert ("eager_reference", ph) in phases
     backends = {json.loads(r["extra_config"])["backend"] for r in rows if r["provider"] == "eager_reference"}
     assert backends == {"reference"}
+    impls = {(r["provider"], json.loads(r["extra_config"])["text_impl"]) for r in rows}
+    assert impls == {("eager_reference", "hf"), ("compiled_fused", "packed")}
     assert {r["metric"] for r in rows} >= {"step_time", "throughput", "cpu_time", "compile_time", "phase_time"}

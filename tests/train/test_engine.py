@@ -240,6 +240,26 @@ def test_compile_options_reach_torch_compile(store, cfg, tmp_path, monkeypatch, 
     assert seen and all(kw["options"] == expected for kw in seen)
 
 
+def test_compiled_step_traces_data_dependent_sizes(store, cfg, tmp_path, monkeypatch):
+    """The packed text encoder's row count comes from nonzero(): the engine's compiled call lets Dynamo
+    capture it (one graph for every padding pattern) and leaves the global setting as it was."""
+    import torch._dynamo
+
+    flags = []
+
+    def spy(fn, **kw):
+        def call(*a, **k):
+            flags.append(torch._dynamo.config.capture_dynamic_output_shape_ops)
+            return fn(*a, **k)
+        return call
+
+    monkeypatch.setattr(torch, "compile", spy)
+    c = {**cfg, "epochs": 1, "drop_last": True, "compile": True}
+    _run(store, c, tmp_path / "c", dropout=0.0, pretrain_epochs=0)
+    assert flags and all(flags)
+    assert torch._dynamo.config.capture_dynamic_output_shape_ops is False
+
+
 def test_default_compile_options_per_device():
     from msa_fast.train.engine import default_compile_options
 
