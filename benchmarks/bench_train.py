@@ -19,15 +19,18 @@ the Python GC collected before and disabled during each timed step, as benchmark
 * ``eager_reference``: config ``compile=False``, ``backend='reference'`` (the pure-PyTorch dense
   contrastive losses of msa_fast.ops.reference), ``dropout_impl='torch'`` (torch.nn.Dropout and
   nn.MultiheadAttention's own attention dropout), ``optimizer_impl='torch'`` (torch's default
-  AdamW implementation, the for-loop one on CPU) and ``text_impl='hf'`` (Hugging Face's forward of the
-  text encoder over all 50 positions, padding included): the model and loop as plain PyTorch writes them;
+  AdamW implementation, the for-loop one on CPU), ``text_impl='hf'`` (Hugging Face's forward of the
+  text encoder over all 50 positions, padding included) and, for MGCL, ``cmgf_impl='mha'``
+  (nn.MultiheadAttention's forward in the fusion): the model and loop as plain PyTorch writes them;
 * ``compiled_fused``: config ``compile=True`` (the engine's ``torch.compile(forward_loss,
   fullgraph=True)``, falling back to graph breaks as the engine does; the mode used is recorded),
   ``backend='auto'`` (the fused C++ kernels on CPU; the resolved backend is recorded),
   ``dropout_impl='philox'`` (every dropout mask from msa_fast.ops.dropout, msa_fast/models/dropout.py),
-  ``optimizer_impl='fused'`` (the engine's default: torch's fused AdamW kernel) and ``text_impl='packed'``
+  ``optimizer_impl='fused'`` (the engine's default: torch's fused AdamW kernel), ``text_impl='packed'``
   (the default: a fine-tuned text encoder runs only on the positions the model reads and the valid keys
-  they attend to, msa_fast/models/text_packing.py; no effect with cached text features).
+  they attend to, msa_fast/models/text_packing.py; no effect with cached text features) and, for MGCL,
+  ``cmgf_impl='folded'`` (the default: the fusion's one-query attention with the key / value projections
+  moved to the query side, msa_fast/models/single_query_attention.py).
 
 Both providers start from the same weights (same seed) and read the same batch sequence.
 
@@ -112,9 +115,9 @@ SCENARIOS = {
 }
 PROVIDERS = {
     "eager_reference": dict(compile=False, backend="reference", dropout_impl="torch", optimizer_impl="torch",
-                            text_impl="hf"),
+                            text_impl="hf", cmgf_impl="mha"),
     "compiled_fused": dict(compile=True, backend="auto", dropout_impl="philox", optimizer_impl="fused",
-                           text_impl="packed"),
+                           text_impl="packed", cmgf_impl="folded"),
 }
 BASELINE, FUSED = "eager_reference", "compiled_fused"
 #: MGCL's architecture keys taken from PRESETS['quick']['mgcl'] with --mgcl-preset quick (its other
@@ -150,7 +153,7 @@ def model_config(model: str, scenario: str, provider: str, batch: int, mgcl_pres
     sc, pv = SCENARIOS[scenario], PROVIDERS[provider]
     mcfg = model_defaults_for(model, "mosei")
     if model == "mgcl":
-        mcfg.update(mgcl_preset_keys(mgcl_preset))
+        mcfg.update(mgcl_preset_keys(mgcl_preset), cmgf_impl=pv["cmgf_impl"])
     mcfg.update(text_features=sc["text_features"], backend=pv["backend"], dropout_impl=pv["dropout_impl"],
                 text_impl=pv["text_impl"], batch_size=batch)
     if smoke and not sc["text_features"]:
@@ -319,7 +322,7 @@ class Runner:
              "deterministic": bool(c["deterministic"]), "params": self.params, "trainable_params": self.trainable,
              "dropout_impl": c["dropout_impl"], "optimizer_impl": c["optimizer_impl"], "text_impl": c["text_impl"]}
         if self.name == "mgcl":
-            d.update({k: c[k] for k in MGCL_ARCH_KEYS})
+            d.update({k: c[k] for k in MGCL_ARCH_KEYS}, cmgf_impl=c["cmgf_impl"])
         else:
             d.update(d=c["d"], mte_layers=c["mte_layers"])
         if not c["text_features"]:

@@ -191,7 +191,8 @@ def test_bench_train_smoke(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(bench_train.PROVIDERS, "compiled_fused", dict(compile=False, backend="auto",
                                                                       dropout_impl="philox",
                                                                       optimizer_impl="fused",
-                                                                      text_impl="packed"))
+                                                                      text_impl="packed",
+                                                                      cmgf_impl="folded"))
     out = tmp_path / "r.csv"
     status = bench.run("train", ["--smoke", "--csv", str(out), "--workdir", str(tmp_path / "w")])
     assert status == 0
@@ -215,4 +216,6 @@ def test_bench_train_smoke(tmp_path, capsys, monkeypatch):
     assert backends == {"reference"}
     impls = {(r["provider"], json.loads(r["extra_config"])["text_impl"]) for r in rows}
     assert impls == {("eager_reference", "hf"), ("compiled_fused", "packed")}
+    cmgf = {(r["provider"], json.loads(r["extra_config"])["cmgf_impl"]) for r in rows if r["kernel"] == "train_mgcl"}
+    assert cmgf == {("eager_reference", "mha"), ("compiled_fused", "folded")}
     assert {r["metric"] for r in rows} >= {"step_time", "throughput", "cpu_time", "compile_time", "phase_time"}

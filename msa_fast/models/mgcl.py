@@ -32,6 +32,7 @@ from msa_fast.models.base import MSAModel, Stage
 from msa_fast.models.configs import DataDims, resolve_config
 from msa_fast.models.dropout import apply_dropout_impl
 from msa_fast.models.hycon import TextEncoder, check_dim, field, global_rows, grad_scaled, length_mask, lengths_of
+from msa_fast.models.single_query_attention import single_query_attention
 
 __all__ = ["MGCL", "enhanced_micro", "masked_mean", "mgcl_loss_without_c3"]
 
@@ -289,8 +290,8 @@ class MGCL(MSAModel):
                 kv = torch.cat([micro_seq[o1], micro_seq[o2]], 1)
                 keep = torch.cat([micro_mask[o1], micro_mask[o2]], 1)
                 kpm = torch.zeros(keep.shape, dtype=kv.dtype, device=kv.device).masked_fill(~keep, float("-inf"))
-                att = self.cmgf[q](macro[q][:, None], kv, kv, key_padding_mask=kpm, need_weights=False)[0]
-                fused.append(macro[q] + att[:, 0])
+                att = single_query_attention(self.cmgf[q], macro[q], kv, kpm, self.cfg["cmgf_impl"])
+                fused.append(macro[q] + att)
             F_ = torch.cat(fused, -1)
         else:
             F_ = torch.cat([macro[m] for m in "TVA"] + [micro[m] for m in "TVA"], -1)
