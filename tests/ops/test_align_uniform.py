@@ -259,7 +259,13 @@ def test_uniform_fused_large_and_odd(backend, device, n, D, kappa):
     for mode in MODES:
         a, b, ga, gb = uniform_fused_and_reference(p, g, backend, kappa, mode=mode)
         torch.testing.assert_close(a, b, **UNIF_TOL)
-        assert_grads_close(ga, gb, **UNIF_GRAD_TOL)
+        # at κ = 100 and D = 384 the gradients reach ~20 and both fp32 computations carry ~1e-4 of rounding
+        # there (the fp32 reference itself is 4e-5 off the fp64 one): judge the fused gradients against the
+        # fp64 reference with an absolute tolerance on the gradients' scale
+        _, _, _, truth = uniform_fused_and_reference(p.double(), g.double(), "reference", kappa, mode=mode)
+        for x, t in zip(ga, truth):
+            scale = float(t.abs().max().clamp_min(1.0))
+            torch.testing.assert_close(x.double(), t, rtol=UNIF_GRAD_TOL["rtol"], atol=UNIF_GRAD_TOL["atol"] * scale)
 
 
 @pytest.mark.parametrize("backend, device", FUSED)
