@@ -64,9 +64,9 @@ class PhiloxMultiheadAttention(nn.MultiheadAttention):
         v = F.linear(value, w_v, b_v).view(B, Tk, h, hd).transpose(1, 2).contiguous()
         scores = torch.matmul(q * (1.0 / math.sqrt(hd)), k.transpose(-2, -1))  # [B, h, Tq, Tk]
         if attn_mask is not None:
-            scores = _masked(scores, attn_mask if attn_mask.dim() == 2 else attn_mask.view(B, h, Tq, Tk))
+            scores = mask_scores(scores, attn_mask if attn_mask.dim() == 2 else attn_mask.view(B, h, Tq, Tk))
         if key_padding_mask is not None:
-            scores = _masked(scores, key_padding_mask[:, None, None, :])
+            scores = mask_scores(scores, key_padding_mask[:, None, None, :])
         weights = torch.softmax(scores, dim=-1)
         out = torch.matmul(dropout(weights, self.dropout), v).transpose(1, 2).reshape(B, Tq, d)
         out = self.out_proj(out)
@@ -77,7 +77,8 @@ class PhiloxMultiheadAttention(nn.MultiheadAttention):
         return out, (weights.mean(dim=1) if average_attn_weights else weights)
 
 
-def _masked(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def mask_scores(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``scores`` with an attention mask broadcast onto them: bool (True = ignore) → ``-inf``, float → added."""
     if mask.dtype == torch.bool:
         return scores.masked_fill(mask, float("-inf"))
     return scores + mask.to(scores.dtype)

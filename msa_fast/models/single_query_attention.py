@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from msa_fast.models.dropout import PhiloxMultiheadAttention, mask_scores
+
 IMPLS = ("folded", "mha")
 
 
@@ -59,10 +61,7 @@ def single_query_attention(mha: nn.MultiheadAttention, query: torch.Tensor, kv: 
     # compiled MGCL step (~0.3 s each at B = 1,024, T = 100, d = 384); still far below the projections it replaces
     scores = torch.bmm(kv, u.transpose(1, 2))
     if key_padding_mask is not None:
-        if key_padding_mask.dtype == torch.bool:
-            scores = scores.masked_fill(key_padding_mask[:, :, None], float("-inf"))
-        else:
-            scores = scores + key_padding_mask.to(scores.dtype)[:, :, None]
+        scores = mask_scores(scores, key_padding_mask[:, :, None])
     # a row with every key masked attends to nothing (zero attention output, as nn.MultiheadAttention's
     # SDPA path gives); filled before the softmax so no NaN reaches the backward
     empty = torch.isneginf(scores).all(dim=1, keepdim=True)
@@ -77,8 +76,6 @@ def single_query_attention(mha: nn.MultiheadAttention, query: torch.Tensor, kv: 
 
 
 def _weight_dropout(mha: nn.MultiheadAttention, weights: torch.Tensor) -> torch.Tensor:
-    from msa_fast.models.dropout import PhiloxMultiheadAttention
-
     if isinstance(mha, PhiloxMultiheadAttention):
         from msa_fast.ops.dropout import dropout
 
